@@ -1,0 +1,21 @@
+"""cot-patching: mine correct/incorrect chain-of-thought pairs on TransformerLens models for patching."""
+
+from __future__ import annotations
+
+from cot_patching.artifacts import PairRecord, RunRecord, read_pairs, read_run_at, read_runs
+from cot_patching.models import LoadedModel, load_model
+from cot_patching.parsing import ParsedTrace, Step, parse_trace, select_steps
+from cot_patching.problems import Problem, load_problems
+from cot_patching.prompt import PROMPT_TEMPLATE, build_prompt, encode_prompt
+from cot_patching.sampling import DecodeConfig, Generation, attempt_seed, sample, temperature_schedule
+from cot_patching.scoring import Score, score_answer
+from cot_patching.spans import decode_tokens, token_spans
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROMPT_TEMPLATE", "DecodeConfig", "Generation", "LoadedModel", "PairRecord", "ParsedTrace",
+    "Problem", "RunRecord", "Score", "Step", "attempt_seed", "build_prompt", "decode_tokens",
+    "encode_prompt", "load_model", "load_problems", "parse_trace", "read_pairs", "read_run_at",
+    "read_runs", "sample", "score_answer", "select_steps", "temperature_schedule", "token_spans",
+]

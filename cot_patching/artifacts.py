@@ -1,0 +1,339 @@
+"""The files of a mining run: records, crash-safe appends, atomic derived files (SPEC §6)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from cot_patching.parsing import parse_trace, select_steps
+
+RUNS_FILE = "runs.jsonl"
+PAIRS_FILE = "pairs.jsonl"
+PAIRS_CSV = "pairs_summary.csv"
+SUMMARY_FILE = "summary.json"
+MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".lock"
+CSV_COLUMNS = ("id", "n_attempts", "early_step_idx", "late_step_idx", "correct_attempt", "incorrect_attempt")
+
+
+class ArtifactError(RuntimeError):
+    """An output directory whose files are missing, inconsistent or unusable."""
+
+
+@dataclass
+class RunRecord:
+    """One attempt, exactly as one line of runs.jsonl."""
+
+    id: str
+    attempt: int
+    temperature: float
+    top_p: float
+    seed: int
+    model: str
+    prompt: str
+    text: str
+    final_answer: str | None
+    correct: bool
+    parse_ok: bool
+    token_ids: list[int]
+    step_spans: list[dict[str, Any]]
+    final_answer_span: dict[str, int] | None
+    prompt_token_ids: list[int]
+    max_new_tokens: int
+    finish_reason: str
+    gold_answer: str = ""
+    normalized_answer: str | None = None
+    score_rule: str = ""
+    strict_format_ok: bool = False
+    chat_template_applied: bool = False
+    model_revision: str | None = None
+    token_logprobs: list[float] = field(default_factory=list)
+
+    def to_line(self) -> bytes:
+        """One JSON line, UTF-8, newline-terminated."""
+        return (json.dumps(asdict(self), ensure_ascii=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        """A record from a parsed runs.jsonl line (unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class RunLine:
+    """A record with the byte offset of its line in runs.jsonl."""
+
+    offset: int
+    record: RunRecord
+
+
+@dataclass
+class PairRecord:
+    """One paired problem, exactly as one line of pairs.jsonl."""
+
+    id: str
+    problem: str
+    gold_answer: str
+    correct_ref: dict[str, int]
+    incorrect_ref: dict[str, int]
+    steps_selected: dict[str, dict[str, Any]]
+    decode_config: dict[str, Any]
+    n_attempts: int
+
+    def to_line(self) -> str:
+        """One JSON line, newline-terminated."""
+        return json.dumps(asdict(self), ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PairRecord:
+        """A record from a parsed pairs.jsonl line (unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same folder, fsync and rename."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically write indented JSON."""
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+class RunsAppender:
+    """Appends complete, fsynced lines to runs.jsonl and returns each line's byte offset."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._handle = open(self.path, "ab")
+
+    def append(self, record: RunRecord) -> int:
+        """Write one record as a whole line, flushed to disk before returning its offset."""
+        offset = self._handle.seek(0, os.SEEK_END)
+        self._handle.write(record.to_line())
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        return offset
+
+    def close(self) -> None:
+        """Close the file."""
+        self._handle.close()
+
+    def __enter__(self) -> RunsAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def drop_torn_tail(path: Path) -> int:
+    """Cut a last line that a kill left without its newline; return how many bytes were dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return len(data) - keep
+
+
+def read_runs(path: Path) -> list[RunLine]:
+    """Every complete line of runs.jsonl with its byte offset; a torn last line is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines: list[RunLine] = []
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise ArtifactError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            lines.append(RunLine(offset, RunRecord.from_json(data)))
+            offset += len(raw)
+    return lines
+
+
+def read_run_at(path: Path, offset: int) -> RunRecord:
+    """The runs.jsonl record whose line starts at byte `offset`."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        raw = handle.readline()
+    if not raw.endswith(b"\n"):
+        raise ArtifactError(f"{path}: no complete line at byte offset {offset}")
+    try:
+        return RunRecord.from_json(json.loads(raw))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ArtifactError(f"{path}: byte offset {offset} is not the start of a run line ({err})") from None
+
+
+def read_pairs(path: Path) -> list[PairRecord]:
+    """Every record of pairs.jsonl."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [PairRecord.from_json(json.loads(line)) for line in path.read_text("utf-8").splitlines() if line]
+
+
+def find_pair(attempts: Sequence[RunRecord], pair_unparsed: bool = False) -> tuple[int, int] | None:
+    """Indices (correct, incorrect) of the first correct and first usable incorrect attempt, if both exist."""
+    correct = next((i for i, r in enumerate(attempts) if r.correct), None)
+    incorrect = next(
+        (i for i, r in enumerate(attempts) if not r.correct and (r.parse_ok or pair_unparsed)), None
+    )
+    if correct is None or incorrect is None:
+        return None
+    return correct, incorrect
+
+
+def group_by_problem(runs: Iterable[RunLine]) -> dict[str, list[RunLine]]:
+    """Run lines per problem id, in file order."""
+    grouped: dict[str, list[RunLine]] = {}
+    for line in runs:
+        grouped.setdefault(line.record.id, []).append(line)
+    return grouped
+
+
+def build_pairs(
+    runs: Sequence[RunLine],
+    questions: dict[str, str],
+    pair_unparsed: bool = False,
+    strict_format: bool = False,
+) -> list[PairRecord]:
+    """One pair record per problem whose attempts contain a pair, in first-attempt order."""
+    pairs = []
+    for problem_id, lines in group_by_problem(runs).items():
+        found = find_pair([line.record for line in lines], pair_unparsed)
+        if found is None:
+            continue
+        correct, incorrect = lines[found[0]], lines[found[1]]
+        selected = select_steps(parse_trace(correct.record.text, strict=strict_format))
+        if selected is None:
+            raise ArtifactError(f"{problem_id} attempt {correct.record.attempt}: correct trace has no steps")
+        early, late = selected
+        pairs.append(PairRecord(
+            id=problem_id,
+            problem=questions.get(problem_id, ""),
+            gold_answer=correct.record.gold_answer,
+            correct_ref={"attempt": correct.record.attempt, "runs_offset": correct.offset},
+            incorrect_ref={"attempt": incorrect.record.attempt, "runs_offset": incorrect.offset},
+            steps_selected={"early": {"from": "correct", "step_idx": early},
+                            "late": {"from": "correct", "step_idx": late}},
+            decode_config={"top_p": correct.record.top_p, "max_new_tokens": correct.record.max_new_tokens},
+            n_attempts=len(lines),
+        ))
+    return pairs
+
+
+def pairs_csv(pairs: Sequence[PairRecord]) -> str:
+    """pairs_summary.csv as text."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for pair in pairs:
+        writer.writerow([
+            pair.id, pair.n_attempts,
+            pair.steps_selected["early"]["step_idx"], pair.steps_selected["late"]["step_idx"],
+            pair.correct_ref["attempt"], pair.incorrect_ref["attempt"],
+        ])
+    return buffer.getvalue()
+
+
+def temperature_key(temperature: float) -> str:
+    """A temperature as a summary key: `0.0`, `0.9`."""
+    return repr(float(temperature))
+
+
+def build_summary(runs: Sequence[RunLine], pairs: Sequence[PairRecord]) -> dict[str, Any]:
+    """summary.json's figures over all attempts."""
+    outcome: dict[str, Counter[str]] = {"correct": Counter(), "incorrect": Counter()}
+    for line in runs:
+        key = "correct" if line.record.correct else "incorrect"
+        outcome[key][temperature_key(line.record.temperature)] += 1
+    problems = {line.record.id for line in runs}
+    return {
+        "pairs_found": len(pairs),
+        "problems_processed": len(problems),
+        "avg_attempts_per_paired_item": (
+            round(sum(p.n_attempts for p in pairs) / len(pairs), 4) if pairs else None
+        ),
+        "temperatures_by_outcome": {k: dict(sorted(v.items())) for k, v in outcome.items()},
+        "attempts": len(runs),
+        "attempts_parse_ok": sum(line.record.parse_ok for line in runs),
+        "attempts_strict_format_ok": sum(line.record.strict_format_ok for line in runs),
+        "attempts_correct": sum(line.record.correct for line in runs),
+    }
+
+
+def write_derived(
+    outdir: Path, pairs: Sequence[PairRecord], summary: dict[str, Any]
+) -> None:
+    """Atomically rewrite pairs.jsonl, pairs_summary.csv and summary.json."""
+    outdir = Path(outdir)
+    atomic_write_text(outdir / PAIRS_FILE, "".join(p.to_line() for p in pairs))
+    atomic_write_text(outdir / PAIRS_CSV, pairs_csv(pairs))
+    write_json(outdir / SUMMARY_FILE, summary)
+
+
+def load_manifest(outdir: Path) -> dict[str, Any]:
+    """The run manifest of an output directory."""
+    path = Path(outdir) / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{outdir} has no {MANIFEST_FILE}") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path} is not valid JSON: {err.msg}") from None
+
+
+def environment_facts() -> dict[str, Any]:
+    """Versions of the software that decides numerics, and the device it ran on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import platform
+
+    import torch
+
+    versions = {}
+    for package in ("torch", "transformers", "transformer-lens", "cot-patching", "gguf", "tokenizers"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "gpu": gpu,
+        "cuda": torch.version.cuda,
+        "torch_num_threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,23 @@
+"""The `cot-patching` command line: one module per command."""
+
+from __future__ import annotations
+
+import typer
+
+from cot_patching.cli import build_sample, mine, reproduce
+
+app = typer.Typer(
+    name="cot-patching",
+    help="Mine correct/incorrect chain-of-thought pairs and cache activations for patching.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("mine")(mine.mine_command)
+app.command("reproduce")(reproduce.reproduce_command)
+app.command("build-sample")(build_sample.build_sample_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,163 @@
+"""`cot-patching mine`: the seed protocol's flags, YAML config defaults, a summary table at the end."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+
+from cot_patching.cli.errors import clear_errors
+
+DEFAULTS: dict[str, Any] = {
+    "problems": "data/problems.sample.json",
+    "model": "meta-llama/Llama-3.1-8B-Instruct",
+    "outdir": "results/",
+    "max_tries": 8,
+    "min_pairs": 20,
+    "temperature_seq": "0.0,0.9,1.0,0.7,0.5",
+    "top_p": 0.95,
+    "max_new_tokens": 256,
+    "device": None,
+    "dtype": "auto",
+    "load_in_4bit": False,
+    "strict_format": False,
+    "pair_unparsed": False,
+}
+
+
+@dataclass(frozen=True)
+class MineOptions:
+    """The mine command's options after CLI flags, `--config` and defaults are merged."""
+
+    problems: str
+    model: str
+    outdir: str
+    max_tries: int
+    min_pairs: int
+    temperature_seq: str
+    top_p: float
+    max_new_tokens: int
+    device: str | None
+    dtype: str
+    load_in_4bit: bool
+    strict_format: bool
+    pair_unparsed: bool
+
+    def __post_init__(self) -> None:
+        if self.min_pairs < 1:
+            raise ValueError(f"--min-pairs must be >= 1, got {self.min_pairs}")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Option defaults from a YAML file whose keys are the flag names (`max-tries` or `max_tries`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text("utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {path} must be a mapping of option names to values")
+    config = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    if isinstance(config.get("temperature_seq"), list):
+        config["temperature_seq"] = ",".join(str(t) for t in config["temperature_seq"])
+    return config
+
+
+def merge_options(cli: dict[str, Any], config_path: str | None) -> MineOptions:
+    """CLI flags over `--config` values over built-in defaults."""
+    config = load_config(config_path) if config_path else {}
+    merged = {**DEFAULTS, **config, **{k: v for k, v in cli.items() if v is not None}}
+    names = {f.name for f in fields(MineOptions)}
+    return MineOptions(**{k: v for k, v in merged.items() if k in names})
+
+
+def mine_command(
+    problems: Optional[str] = typer.Option(None, help="Problems JSON file.  [default: data/problems.sample.json]"),
+    model: Optional[str] = typer.Option(None, help="Hub id, local HF dir, .gguf file, or 'embedded'.  [default: meta-llama/Llama-3.1-8B-Instruct]"),
+    outdir: Optional[str] = typer.Option(None, help="Output directory.  [default: results/]"),
+    max_tries: Optional[int] = typer.Option(None, help="Attempts per problem at most.  [default: 8]"),
+    min_pairs: Optional[int] = typer.Option(None, help="Stop once this many pairs are found.  [default: 20]"),
+    temperature_seq: Optional[str] = typer.Option(None, help="T=0 once, each non-zero T twice.  [default: 0.0,0.9,1.0,0.7,0.5]"),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus mass.  [default: 0.95]"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Tokens per attempt at most.  [default: 256]"),
+    config: Optional[str] = typer.Option(None, help="YAML file of defaults for these options."),
+    device: Optional[str] = typer.Option(None, help="cuda, cuda:1, cpu.  [default: cuda if available]"),
+    dtype: Optional[str] = typer.Option(None, help="auto, bf16, fp16, fp32.  [default: auto]"),
+    load_in_4bit: Optional[bool] = typer.Option(None, "--load-in-4bit", help="4-bit weights (bitsandbytes, CUDA)."),
+    strict_format: Optional[bool] = typer.Option(None, "--strict-format", help="Accept only the seed regexes."),
+    pair_unparsed: Optional[bool] = typer.Option(None, "--pair-unparsed", help="Let an unparsed attempt be the incorrect member."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --outdir."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Mine (correct, incorrect) chain-of-thought pairs for the same prompt."""
+    cli_values = {k: v for k, v in locals().items() if k in DEFAULTS}
+    with clear_errors():
+        options = merge_options(cli_values, config)
+        run_mine(options, overwrite=overwrite, progress=progress)
+
+
+def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = True) -> None:
+    """Validate everything cheap first, then load the model and mine."""
+    from cot_patching import artifacts, miner
+    from cot_patching.models import load_model, resolve_model
+    from cot_patching.problems import load_problems
+    from cot_patching.sampling import parse_temperature_seq
+
+    temperature_seq = parse_temperature_seq(options.temperature_seq)
+    problems = load_problems(options.problems)
+    settings = miner.MineSettings(
+        model=options.model,
+        problems_sha256=miner.problems_sha256(options.problems),
+        temperature_seq=temperature_seq,
+        max_tries=options.max_tries,
+        top_p=options.top_p,
+        max_new_tokens=options.max_new_tokens,
+        strict_format=options.strict_format,
+        pair_unparsed=options.pair_unparsed,
+    )
+    resolve_model(options.model)
+    miner.check_outdir(Path(options.outdir), settings, overwrite)
+    loaded = load_model(options.model, device=options.device, dtype=options.dtype,
+                        load_in_4bit=options.load_in_4bit)
+    manifest = {
+        "model": loaded.info.to_json(),
+        "environment": artifacts.environment_facts(),
+        "argv": sys.argv,
+        "options": {f.name: getattr(options, f.name) for f in fields(options)},
+    }
+    result = miner.mine(problems, loaded, settings, options.outdir, min_pairs=options.min_pairs,
+                        manifest=manifest, overwrite=overwrite, progress=progress)
+    print_summary(result.summary, options, resumed_from=result.resumed_from)
+
+
+def print_summary(summary: dict[str, Any], options: MineOptions, resumed_from: int = 0) -> None:
+    """The final summary table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"cot-patching mine: {options.outdir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("model", options.model)
+    table.add_row("pairs found", f"{summary['pairs_found']} (target {options.min_pairs})")
+    table.add_row("problems processed", str(summary["problems_processed"]))
+    avg = summary["avg_attempts_per_paired_item"]
+    table.add_row("avg attempts / paired item", "-" if avg is None else f"{avg:.2f}")
+    table.add_row("attempts (parse ok / strict format / correct)",
+                  f"{summary['attempts']} ({summary['attempts_parse_ok']} / "
+                  f"{summary['attempts_strict_format_ok']} / {summary['attempts_correct']})")
+    if resumed_from:
+        table.add_row("attempts resumed from disk", str(resumed_from))
+    for outcome in ("correct", "incorrect"):
+        counts = summary["temperatures_by_outcome"][outcome]
+        table.add_row(f"{outcome} by T", ", ".join(f"T={t}: {n}" for t, n in counts.items()) or "-")
+    Console().print(table)

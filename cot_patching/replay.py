@@ -1,0 +1,35 @@
+"""Re-run a logged attempt from its recorded fields and check its tokens match exactly (SPEC §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cot_patching.artifacts import RunRecord
+from cot_patching.sampling import DecodeConfig, sample
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Whether a replay reproduced the logged token ids, and where it first diverged."""
+
+    id: str
+    attempt: int
+    match: bool
+    n_logged: int
+    n_replayed: int
+    first_mismatch: int | None  # token index of the first difference, None if identical
+
+
+def replay_attempt(model: Any, record: RunRecord) -> ReplayResult:
+    """Decode the record's prompt ids again with its temperature, top-p, max tokens and seed."""
+    config = DecodeConfig(record.temperature, record.top_p, record.max_new_tokens)
+    generation = sample(model, record.prompt_token_ids, config, record.seed)
+    logged, replayed = record.token_ids, generation.token_ids
+    mismatch = next((i for i, (a, b) in enumerate(zip(logged, replayed)) if a != b), None)
+    if mismatch is None and len(logged) != len(replayed):
+        mismatch = min(len(logged), len(replayed))
+    return ReplayResult(
+        id=record.id, attempt=record.attempt, match=mismatch is None,
+        n_logged=len(logged), n_replayed=len(replayed), first_mismatch=mismatch,
+    )

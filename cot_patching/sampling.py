@@ -1,0 +1,118 @@
+"""Seeded, replayable temperature + top-p decoding with the model's own forward and KV cache (SPEC §4)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+DEFAULT_TEMPERATURE_SEQ = (0.0, 0.9, 1.0, 0.7, 0.5)
+DEFAULT_MAX_TRIES = 8
+DEFAULT_TOP_P = 0.95
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+def attempt_seed(problem_id: str, attempt_index: int) -> int:
+    """The SPEC seed: first 8 bytes of sha256("{problem_id}:{attempt_index}"), as a 63-bit int."""
+    digest = hashlib.sha256(f"{problem_id}:{attempt_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def parse_temperature_seq(text: str) -> tuple[float, ...]:
+    """Parse `0.0,0.9,1.0` into temperatures; reject empty, negative or non-finite values."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--temperature-seq {text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise ValueError("--temperature-seq is empty")
+    if any(not math.isfinite(t) or t < 0 for t in values):
+        raise ValueError(f"--temperature-seq {text!r}: temperatures must be finite and >= 0")
+    return values
+
+
+def temperature_schedule(temperature_seq: Sequence[float], max_tries: int) -> list[float]:
+    """T=0 once, each non-zero T twice, in order, truncated to `max_tries`."""
+    if max_tries < 1:
+        raise ValueError("max_tries must be at least 1")
+    schedule: list[float] = []
+    for temperature in temperature_seq:
+        schedule.extend([temperature] if temperature == 0 else [temperature, temperature])
+    return schedule[:max_tries]
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How one attempt is decoded."""
+
+    temperature: float
+    top_p: float = DEFAULT_TOP_P
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one attempt produced: the new token ids, why it stopped, each chosen token's log-prob."""
+
+    token_ids: list[int]
+    finish_reason: str  # "stop" (an end-of-turn id, included in token_ids) or "length"
+    token_logprobs: list[float]  # log p(token) under the model's untempered distribution
+
+
+def choose_next_token(
+    logits: Float[Tensor, "vocab"], temperature: float, top_p: float, generator: torch.Generator
+) -> Int[Tensor, ""]:
+    """Argmax at T=0; else one draw from the top-p nucleus of softmax(logits / T)."""
+    if temperature == 0:
+        return torch.argmax(logits)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_probs, sorted_ids = torch.sort(probs, descending=True, stable=True)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    nucleus = torch.where(mass_before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
+    choice = torch.multinomial(nucleus, num_samples=1, generator=generator)
+    return sorted_ids[choice[0]]
+
+
+@torch.inference_mode()
+def sample(
+    model: Any,
+    prompt_ids: Sequence[int],
+    config: DecodeConfig,
+    seed: int,
+) -> Generation:
+    """Decode one attempt from `prompt_ids` with a fresh generator seeded with `seed`."""
+    device = model.device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    stop_ids = model.stop_token_ids
+    input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    logits, past = model.step(input_ids, None)
+    token_ids: list[int] = []
+    logprobs: list[float] = []
+    finish_reason = "length"
+    for _ in range(config.max_new_tokens):
+        token = choose_next_token(logits, config.temperature, config.top_p, generator)
+        logprob = torch.log_softmax(logits.float(), dim=-1)[token]
+        token_id = int(token)
+        token_ids.append(token_id)
+        logprobs.append(float(logprob))
+        if token_id in stop_ids:
+            finish_reason = "stop"
+            break
+        if len(token_ids) == config.max_new_tokens:
+            break
+        logits, past = model.step(token.view(1, 1), past)
+    return Generation(token_ids=token_ids, finish_reason=finish_reason, token_logprobs=logprobs)
