@@ -108,10 +108,17 @@ def atomic_write_text(path: Path, text: str) -> None:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -282,7 +289,7 @@ def build_summary(runs: Sequence[RunLine], pairs: Sequence[PairRecord]) -> dict[
         "pairs_found": len(pairs),
         "problems_processed": len(problems),
         "avg_attempts_per_paired_item": (
-            round(sum(p.n_attempts for p in pairs) / len(pairs), 4) if pairs else None
+            sum(p.n_attempts for p in pairs) / len(pairs) if pairs else None
         ),
         "temperatures_by_outcome": {k: dict(sorted(v.items())) for k, v in outcome.items()},
         "attempts": len(runs),

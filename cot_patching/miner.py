@@ -166,8 +166,7 @@ def mine(
     with outdir_lock(outdir):
         if overwrite:
             clear_outdir(outdir)
-        if manifest is not None:
-            _record_session(outdir, manifest, settings)
+        _record_session(outdir, manifest or {}, settings)
         runs_path = outdir / artifacts.RUNS_FILE
         artifacts.drop_torn_tail(runs_path)
         runs = artifacts.read_runs(runs_path)

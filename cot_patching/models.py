@@ -313,6 +313,20 @@ def _load_one(
     return loaded
 
 
+def from_hf_model(hf_model: Any, tokenizer: Any, name: str, revision: str | None = None) -> LoadedModel:
+    """Wrap an already-loaded Hugging Face causal LM and its tokenizer as a LoadedModel."""
+    model = bridge_from_hf(hf_model.eval(), tokenizer, name)
+    parameter = next(hf_model.parameters())
+    info = ModelInfo(
+        name=name, source="in_memory", path=None, revision=revision,
+        dtype=str(parameter.dtype).removeprefix("torch."), device=str(parameter.device),
+        backend="bridge", tokenizer_sha256=tokenizer_sha256(tokenizer),
+        n_layers=int(model.cfg.n_layers), d_model=int(model.cfg.d_model),
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info,
+                       stop_token_ids=stop_token_ids(tokenizer, hf_model))
+
+
 def _probe_forward(loaded: LoadedModel) -> None:
     """One small forward so that OOM on the first forward happens here, inside the fallback."""
     ids = torch.tensor([[loaded.tokenizer.bos_token_id or 0] * 8], device=loaded.device)

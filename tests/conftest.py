@@ -1,0 +1,107 @@
+"""Shared fixtures: real tokenizers of each family, a tiny random model, the embedded model."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cot_patching.models import EMBEDDED, EMBEDDED_FILE, LoadedModel, embedded_model_dir, from_hf_model, load_model
+
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                  "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+                  "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(f"test tokenizer package {name} is not installed (see README: test command)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer() -> Any:
+    """SmolLM2's byte-level BPE tokenizer, from the embedded GGUF."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir(), gguf_file=EMBEDDED_FILE)
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Mistral v0.3's SentencePiece tokenizer (byte fallback), shipped by mistral-common."""
+    from transformers import LlamaTokenizer
+
+    folder = tmp_path_factory.mktemp("mistral")
+    model = _package_dir("mistral_common") / "data" / "mistral_instruct_tokenizer_240216.model.v2"
+    shutil.copy(model, folder / "tokenizer.model")
+    return LlamaTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer() -> Any:
+    """Llama-3's tiktoken BPE, shipped by llama-models, converted to a fast tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    path = _package_dir("llama_models") / "llama3" / "tokenizer.model"
+    converted = TikTokenConverter(vocab_file=str(path), pattern=LLAMA3_PATTERN).converted()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=converted)
+    tokenizer.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIAL})
+    tokenizer.eos_token = "<|eot_id|>"
+    tokenizer.bos_token = "<|begin_of_text|>"
+    return tokenizer
+
+
+@pytest.fixture(scope="session", params=["smollm2", "mistral", "llama3"])
+def any_tokenizer(request: pytest.FixtureRequest) -> Any:
+    """Each real tokenizer family in turn."""
+    return request.getfixturevalue(f"{request.param}_tokenizer")
+
+
+def tiny_hf_model(tokenizer: Any, seed: int = 0) -> Any:
+    """A 2-layer, d_model 64 random-weight Hugging Face Llama sized for `tokenizer`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_model(tokenizer: Any, seed: int = 0) -> LoadedModel:
+    """The tiny random Llama with a real tokenizer, as a TransformerLens bridge."""
+    return from_hf_model(tiny_hf_model(tokenizer, seed), tokenizer, name="tiny-random-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(smollm2_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny model saved as a local Hugging Face directory (config, weights, tokenizer)."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_hf_model(smollm2_tokenizer).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny(smollm2_tokenizer: Any) -> LoadedModel:
+    """The tiny random model with SmolLM2's tokenizer and chat template."""
+    return tiny_model(smollm2_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def embedded() -> LoadedModel:
+    """The embedded SmolLM2-135M-Instruct (GGUF Q4_1, dequantized, fp32, CPU)."""
+    return load_model(EMBEDDED, device="cpu")
