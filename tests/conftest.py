@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; fail fast instead of retrying
 
 from cot_patching.models import EMBEDDED, EMBEDDED_FILE, LoadedModel, embedded_model_dir, from_hf_model, load_model
 
