@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cot_patching.artifacts import PairRecord, RunRecord, read_pairs, read_run_at, read_runs
+from cot_patching.activations import ActivationStore, CacheSettings, load_activations
+from cot_patching.artifacts import LoadedPair, PairRecord, RunRecord, load_pairs, read_pairs, read_run_at, read_runs
 from cot_patching.models import LoadedModel, load_model
 from cot_patching.parsing import ParsedTrace, Step, parse_trace, select_steps
 from cot_patching.problems import Problem, load_problems
@@ -14,6 +15,7 @@ from cot_patching.spans import decode_tokens, token_spans
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationStore", "CacheSettings", "LoadedPair", "load_activations", "load_pairs",
     "PROMPT_TEMPLATE", "DecodeConfig", "Generation", "LoadedModel", "PairRecord", "ParsedTrace",
     "Problem", "RunRecord", "Score", "Step", "attempt_seed", "build_prompt", "decode_tokens",
     "encode_prompt", "load_model", "load_problems", "parse_trace", "read_pairs", "read_run_at",

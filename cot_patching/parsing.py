@@ -89,7 +89,8 @@ def parse_trace(text: str, strict: bool = False) -> ParsedTrace:
     )
 
 
-_SUBSTANTIVE = re.compile(r"[0-9+\-*/×÷=]")
+# A digit, or an arithmetic operator (a hyphen or slash only when it stands alone, not in "step-by-step").
+_SUBSTANTIVE = re.compile(r"\d|[+×÷=]|(?<!\S)[-*/](?!\S)")
 
 
 def step_body(step: Step) -> str:

@@ -7,29 +7,11 @@ import pytest
 from cot_patching import artifacts
 from cot_patching.miner import MineSettings, MiningError, mine
 from cot_patching.problems import Problem
-from cot_patching.sampling import Generation, attempt_seed
+from cot_patching.sampling import attempt_seed
 
-CORRECT = "Step 1: 2 + 3 = 5\nFinal Answer: 5"
-WRONG = "Step 1: 2 + 3 = 6\nFinal Answer: 6"
-UNPARSED = "I think it is 7."
+from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
+
 PROBLEMS = [Problem(f"p{i}", f"What is 2 + 3? ({i})", "5", "test") for i in range(4)]
-
-
-class ScriptedSampler:
-    """Returns, for each (problem, attempt), the tokens of a given text; records every call."""
-
-    def __init__(self, tokenizer, scripts: dict[str, list[str]], fail_after: int | None = None):
-        self.tokenizer = tokenizer
-        self.by_seed = {attempt_seed(pid, k): text for pid, texts in scripts.items() for k, text in enumerate(texts)}
-        self.calls: list[tuple[int, float]] = []
-        self.fail_after = fail_after
-
-    def __call__(self, model, prompt_ids, config, seed):
-        if self.fail_after is not None and len(self.calls) >= self.fail_after:
-            raise KeyboardInterrupt("simulated kill")
-        self.calls.append((seed, config.temperature))
-        ids = self.tokenizer(self.by_seed[seed], add_special_tokens=False)["input_ids"]
-        return Generation(ids + [self.tokenizer.eos_token_id], "stop", [0.0] * (len(ids) + 1))
 
 
 def settings(**overrides):

@@ -65,3 +65,10 @@ def test_select_steps_substantive_and_late():
 def test_select_steps_without_digits_uses_first_nonempty():
     parsed = parse_trace("Step 1:\nStep 2: think hard\nFinal Answer: yes")
     assert select_steps(parsed) == (2, 2)
+
+
+def test_hyphenated_words_are_not_arithmetic():
+    parsed = parse_trace("Step 1: think step-by-step and/or carefully\nStep 2: 3 - 1\nFinal Answer: 2")
+    assert select_steps(parsed) == (2, 2)
+    parsed = parse_trace("Step 1: twelve minus five - that is seven\nFinal Answer: 7")
+    assert select_steps(parsed) == (1, 1)

@@ -1,0 +1,52 @@
+"""`cot-patching cache-activations`: residual-stream activations at the selected steps of every pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cot_patching.cli.errors import clear_errors
+
+
+def cache_activations_command(
+    results: str = typer.Option("results/", help="A mining output directory (pairs.jsonl, runs.jsonl)."),
+    out: Optional[str] = typer.Option(None, help="Cache directory.  [default: RESULTS/activations]"),
+    layers: str = typer.Option("all", help="Comma-separated layer indices, or 'all'."),
+    hooks: str = typer.Option("resid_post", help="Any of resid_pre,resid_mid,resid_post."),
+    steps: str = typer.Option("early,late", help="'early,late', 'early', 'late' or 'all' steps."),
+    dtype: Optional[str] = typer.Option(None, help="Storage dtype bf16 or fp32.  [default: the model's]"),
+    device: Optional[str] = typer.Option(None, help="Device.  [default: the mining run's]"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing cache in --out."),
+    verify_hashes: bool = typer.Option(False, "--verify-hashes", help="Re-hash cached files on a rerun."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run the mining model on prompt + trace of both traces of each pair; save residuals at the selected steps."""
+    from cot_patching import artifacts
+    from cot_patching.activations import CacheSettings, cache_activations, parse_layers
+    from cot_patching.models import load_model
+
+    with clear_errors():
+        root = Path(results)
+        manifest = artifacts.load_manifest(root)
+        settings_json = manifest.get("settings", {})
+        recorded = manifest.get("model") or {}
+        artifacts.load_pairs(root)  # fail on a broken results dir before loading a model
+        model = load_model(settings_json["model"], device=device or recorded.get("device"),
+                           dtype=recorded.get("dtype"), fallback=False)
+        store_dtype = dtype or ("bf16" if model.info.dtype == "bfloat16" else "fp32")
+        settings = CacheSettings(
+            layers=parse_layers(layers, model.info.n_layers),
+            hooks=tuple(h.strip() for h in hooks.split(",") if h.strip()),
+            steps=steps.replace(" ", ""),
+            dtype=store_dtype,
+        )
+        report = cache_activations(
+            model, root, Path(out) if out else root / "activations", settings, model.info.to_json(),
+            strict_format=bool(settings_json.get("strict_format")), overwrite=overwrite,
+            verify_hashes=verify_hashes, progress=progress,
+        )
+        for problem in report.repaired:
+            typer.echo(f"re-caching: {problem}", err=True)
+        typer.echo(f"cached {report.cached} pairs, {report.skipped} already cached")
