@@ -87,6 +87,44 @@ def test_bad_input_one_line_no_traceback_nothing_written(tmp_path, args, message
     assert not outdir.exists()
 
 
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "is not valid JSON"),
+    ('[{"id": "a", "question": "q"}]', "missing field(s) gold_answer"),
+    ('[{"id": "a", "question": "q", "gold_answer": "5"}, {"id": "a", "question": "r", "gold_answer": "6"}]',
+     "duplicate id 'a'"),
+    ('[{"id": "a", "question": "q", "gold_answer": "five"}]', "'five' is not numeric"),
+])
+def test_bad_problem_files_one_line_nothing_written(tmp_path, content, message):
+    problems = tmp_path / "bad.json"
+    problems.write_text(content)
+    outdir = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "cot_patching.cli", "mine", "--problems", str(problems),
+                             "--model", "embedded", "--outdir", str(outdir)], capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not outdir.exists()
+
+
+def test_cache_activations_command(tiny_dir, tmp_path):
+    from cot_patching.activations import load_activations
+    from cot_patching.models import load_model
+
+    from helpers import mine_scripted_pairs
+
+    results = tmp_path / "results"
+    mine_scripted_pairs(load_model(str(tiny_dir), device="cpu"), results, n=2)
+    args = ["cache-activations", "--results", str(results), "--layers", "0,1", "--hooks", "resid_pre,resid_post",
+            "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "cached 2 pairs, 0 already cached" in result.output, result.output
+    store = load_activations(results / "activations")
+    assert len(store) == 2 * 2 * 2 * 2 * 2 and store.config["model"] == str(tiny_dir)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "cached 0 pairs, 2 already cached" in result.output
+    result = runner.invoke(app, [*args[:3], "--layers", "7", "--no-progress"])
+    assert result.exit_code == 2 and "the model has layers 0..1" in result.output
+
+
 def test_outdir_that_is_a_file_is_refused(tmp_path):
     target = tmp_path / "file"
     target.write_text("keep me")

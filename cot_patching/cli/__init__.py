@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cot_patching.cli import build_sample, cache_activations, mine, reproduce
+from cot_patching.cli import build_sample, cache_activations, mine, reproduce, validate
 
 app = typer.Typer(
     name="cot-patching",
@@ -17,6 +17,7 @@ app.command("mine")(mine.mine_command)
 app.command("reproduce")(reproduce.reproduce_command)
 app.command("build-sample")(build_sample.build_sample_command)
 app.command("cache-activations")(cache_activations.cache_activations_command)
+app.command("validate")(validate.validate_command)
 
 
 def main() -> None:

@@ -1,0 +1,239 @@
+"""Check every SPEC §6 invariant of a mining output directory and list each violation with its line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from cot_patching import artifacts
+from cot_patching.artifacts import PairRecord, RunLine, RunRecord
+from cot_patching.parsing import parse_trace, select_steps
+from cot_patching.sampling import attempt_seed, temperature_schedule
+from cot_patching.spans import TokenOffsets
+from cot_patching.traces import analyze_trace
+
+_RUN_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,), "attempt": (int,), "temperature": (int, float), "top_p": (int, float), "seed": (int,),
+    "model": (str,), "prompt": (str,), "text": (str,), "final_answer": (str, type(None)), "correct": (bool,),
+    "parse_ok": (bool,), "token_ids": (list,), "step_spans": (list,), "final_answer_span": (dict, type(None)),
+    "prompt_token_ids": (list,), "max_new_tokens": (int,), "finish_reason": (str,),
+}
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken invariant: which file, which line (1-based, 0 for the whole file), what is wrong."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}" if self.line else f"{self.file}: {self.message}"
+
+
+def validate_outdir(outdir: str | Path, tokenizer: Any | None = None) -> list[Violation]:
+    """All violations in an outdir; token checks need the run's `tokenizer` (skipped when None)."""
+    root = Path(outdir)
+    found: list[Violation] = []
+    manifest = _read_manifest(root, found)
+    settings = manifest.get("settings", {})
+    runs = _read_runs(root, found)
+    schedule = temperature_schedule(settings["temperature_seq"], settings["max_tries"]) if settings else None
+    for number, line in enumerate(runs, start=1):
+        found += [Violation(artifacts.RUNS_FILE, number, m) for m in _check_run(line.record, settings, schedule, tokenizer)]
+    found += _check_attempt_order(runs, settings)
+    pairs = _check_pairs(root, runs, settings, found)
+    found += _check_derived(root, runs, pairs)
+    return found
+
+
+def _read_manifest(root: Path, found: list[Violation]) -> dict[str, Any]:
+    try:
+        return artifacts.load_manifest(root)
+    except artifacts.ArtifactError as err:
+        found.append(Violation(artifacts.MANIFEST_FILE, 0, str(err)))
+        return {}
+
+
+def _read_runs(root: Path, found: list[Violation]) -> list[RunLine]:
+    path = root / artifacts.RUNS_FILE
+    if not path.is_file():
+        found.append(Violation(artifacts.RUNS_FILE, 0, "missing"))
+        return []
+    runs: list[RunLine] = []
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            start, offset = offset, offset + len(raw)
+            if not raw.endswith(b"\n"):
+                found.append(Violation(artifacts.RUNS_FILE, number, "torn last line (no newline)"))
+                break
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as err:
+                found.append(Violation(artifacts.RUNS_FILE, number, f"not valid JSON ({err.msg})"))
+                continue
+            problems = _schema_problems(data)
+            if problems:
+                found += [Violation(artifacts.RUNS_FILE, number, m) for m in problems]
+                continue
+            runs.append(RunLine(start, RunRecord.from_json(data)))
+    return runs
+
+
+def _schema_problems(data: Any) -> list[str]:
+    if not isinstance(data, dict):
+        return ["not a JSON object"]
+    problems = []
+    for name, types in _RUN_TYPES.items():
+        if name not in data:
+            problems.append(f"missing field {name}")
+        elif not isinstance(data[name], types) or (bool not in types and isinstance(data[name], bool)):
+            problems.append(f"field {name} has type {type(data[name]).__name__}")
+    known = {f.name for f in fields(RunRecord)}
+    return problems or [f"unknown field {k}" for k in data if k not in known]
+
+
+def _check_run(record: RunRecord, settings: dict[str, Any], schedule: list[float] | None,
+               tokenizer: Any | None) -> list[str]:
+    out = []
+    where = f"{record.id} attempt {record.attempt}"
+    if record.seed != attempt_seed(record.id, record.attempt):
+        out.append(f"{where}: seed {record.seed} is not sha256('{record.id}:{record.attempt}')")
+    if schedule is not None:
+        if not 0 <= record.attempt < len(schedule):
+            out.append(f"{where}: attempt index outside the schedule of {len(schedule)}")
+        elif record.temperature != schedule[record.attempt]:
+            out.append(f"{where}: temperature {record.temperature}, schedule says {schedule[record.attempt]}")
+    for name in ("top_p", "max_new_tokens", "model"):
+        if settings and getattr(record, name) != settings.get(name):
+            out.append(f"{where}: {name} {getattr(record, name)!r} differs from the run settings")
+    if len(record.token_ids) > record.max_new_tokens:
+        out.append(f"{where}: {len(record.token_ids)} tokens exceed max_new_tokens")
+    strict = bool(settings.get("strict_format"))
+    if tokenizer is not None:
+        out += _check_tokens(record, tokenizer, strict)
+    else:
+        out += _check_text_spans(record, strict)
+    return out
+
+
+def _check_text_spans(record: RunRecord, strict: bool) -> list[str]:
+    out = []
+    parsed = parse_trace(record.text, strict=strict)
+    for span in record.step_spans:
+        if record.text[span["char_start"]:span["char_end"]] != span["text"]:
+            out.append(f"step {span['step_idx']}: text differs from text[char_start:char_end]")
+    if [(s.char_start, s.char_end) for s in parsed.steps] != [(s["char_start"], s["char_end"]) for s in record.step_spans]:
+        out.append("step spans differ from a fresh parse of text")
+    if parsed.final_answer != record.final_answer or parsed.parse_ok != record.parse_ok:
+        out.append("final_answer/parse_ok differ from a fresh parse of text")
+    return out
+
+
+def _check_tokens(record: RunRecord, tokenizer: Any, strict: bool) -> list[str]:
+    out = _check_text_spans(record, strict)
+    trace = analyze_trace(tokenizer, record.token_ids, record.gold_answer, strict)
+    if trace.text != record.text:
+        out.append("text != decode(token_ids)")
+        return out
+    offsets = TokenOffsets.build(tokenizer, record.token_ids)
+    for span in record.step_spans:
+        expected = offsets.span(span["char_start"], span["char_end"])
+        if (span["tok_start"], span["tok_end"]) != expected:
+            out.append(f"step {span['step_idx']}: tokens [{span['tok_start']}, {span['tok_end']}) are not the "
+                       f"smallest cover [{expected[0]}, {expected[1]})")
+    recorded = record.final_answer_span
+    fresh = trace.final_answer_span
+    if (recorded is None) != (fresh is None) or (
+        fresh is not None and (recorded["tok_start"], recorded["tok_end"]) != (fresh.tok_start, fresh.tok_end)
+    ):
+        out.append("final_answer_span is not the smallest token cover of the final answer")
+    if trace.correct != record.correct:
+        out.append(f"correct is {record.correct} but the answer scores {trace.correct}")
+    return out
+
+
+def _check_attempt_order(runs: list[RunLine], settings: dict[str, Any]) -> list[Violation]:
+    out = []
+    pair_unparsed = bool(settings.get("pair_unparsed"))
+    line_of = {id(line): n for n, line in enumerate(runs, start=1)}
+    for problem_id, lines in artifacts.group_by_problem(runs).items():
+        attempts = [line.record.attempt for line in lines]
+        if attempts != list(range(len(attempts))):
+            out.append(Violation(artifacts.RUNS_FILE, line_of[id(lines[0])],
+                                 f"{problem_id}: attempts {attempts} are not 0..{len(attempts) - 1} in order"))
+        for k in range(1, len(lines)):
+            if artifacts.find_pair([line.record for line in lines[:k]], pair_unparsed) is not None:
+                out.append(Violation(artifacts.RUNS_FILE, line_of[id(lines[k])],
+                                     f"{problem_id}: attempt {lines[k].record.attempt} made after a pair was found"))
+                break
+    return out
+
+
+def _check_pairs(root: Path, runs: list[RunLine], settings: dict[str, Any],
+                 found: list[Violation]) -> list[PairRecord]:
+    path = root / artifacts.PAIRS_FILE
+    if not path.is_file():
+        found.append(Violation(artifacts.PAIRS_FILE, 0, "missing"))
+        return []
+    by_offset = {line.offset: line.record for line in runs}
+    pairs = []
+    for number, text in enumerate(path.read_text("utf-8").splitlines(), start=1):
+        try:
+            pair = PairRecord.from_json(json.loads(text))
+        except (json.JSONDecodeError, TypeError) as err:
+            found.append(Violation(artifacts.PAIRS_FILE, number, f"not a pair record ({err})"))
+            continue
+        pairs.append(pair)
+        for role, ref in (("correct", pair.correct_ref), ("incorrect", pair.incorrect_ref)):
+            record = by_offset.get(ref.get("runs_offset"))
+            if record is None or (record.id, record.attempt) != (pair.id, ref.get("attempt")):
+                found.append(Violation(artifacts.PAIRS_FILE, number,
+                                       f"{pair.id}: {role}_ref runs_offset {ref.get('runs_offset')} is not the line "
+                                       f"of attempt {ref.get('attempt')}"))
+                continue
+            if role == "correct" and not record.correct:
+                found.append(Violation(artifacts.PAIRS_FILE, number, f"{pair.id}: correct_ref is not correct"))
+            if role == "incorrect" and (record.correct or not (record.parse_ok or settings.get("pair_unparsed"))):
+                found.append(Violation(artifacts.PAIRS_FILE, number,
+                                       f"{pair.id}: incorrect_ref is not a parsed incorrect attempt"))
+            if role == "correct" and record.correct:
+                expected = select_steps(parse_trace(record.text, strict=bool(settings.get("strict_format"))))
+                got = (pair.steps_selected["early"]["step_idx"], pair.steps_selected["late"]["step_idx"])
+                if expected != got:
+                    found.append(Violation(artifacts.PAIRS_FILE, number,
+                                           f"{pair.id}: steps_selected {got}, the rule gives {expected}"))
+    expected_ids = [p.id for p in artifacts.build_pairs(runs, {}, bool(settings.get("pair_unparsed")),
+                                                       bool(settings.get("strict_format")))]
+    if [p.id for p in pairs] != expected_ids:
+        found.append(Violation(artifacts.PAIRS_FILE, 0, f"pairs {[p.id for p in pairs]} but runs.jsonl pairs "
+                                                        f"{expected_ids}"))
+    return pairs
+
+
+def _check_derived(root: Path, runs: list[RunLine], pairs: list[PairRecord]) -> list[Violation]:
+    out = []
+    csv_path = root / artifacts.PAIRS_CSV
+    if not csv_path.is_file():
+        out.append(Violation(artifacts.PAIRS_CSV, 0, "missing"))
+    else:
+        expected = artifacts.pairs_csv(pairs).splitlines()
+        actual = csv_path.read_text("utf-8").splitlines()
+        for number in range(max(len(expected), len(actual))):
+            want = expected[number] if number < len(expected) else None
+            got = actual[number] if number < len(actual) else None
+            if want != got:
+                out.append(Violation(artifacts.PAIRS_CSV, number + 1, f"{got!r}, pairs.jsonl gives {want!r}"))
+    summary_path = root / artifacts.SUMMARY_FILE
+    if not summary_path.is_file():
+        out.append(Violation(artifacts.SUMMARY_FILE, 0, "missing"))
+        return out
+    summary = json.loads(summary_path.read_text("utf-8"))
+    for key, value in artifacts.build_summary(runs, pairs).items():
+        if summary.get(key) != value:
+            out.append(Violation(artifacts.SUMMARY_FILE, 0, f"{key} is {summary.get(key)!r}, runs give {value!r}"))
+    return out
