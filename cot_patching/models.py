@@ -77,9 +77,13 @@ class LoadedModel:
     def step(
         self, input_ids: Int[Tensor, "1 pos"], past: Any | None
     ) -> tuple[Float[Tensor, "vocab"], Any]:
-        """Next-token logits after `input_ids` given the KV cache `past`, and the updated cache."""
-        logits, past = self.model(input_ids, return_type="logits_and_cache", past_key_values=past)
-        return logits[0, -1], past
+        """Next-token logits after `input_ids` given the KV cache `past`, and the updated cache.
+
+        Runs the bridge's underlying Hugging Face forward (the same modules and weights, logits identical to the
+        bridge's own forward) so that decoding skips the bridge's per-call input handling.
+        """
+        out = self.model.original_model(input_ids=input_ids, past_key_values=past, use_cache=True)
+        return out.logits[0, -1], out.past_key_values
 
     def logits(self, input_ids: Int[Tensor, "1 pos"]) -> Float[Tensor, "1 pos vocab"]:
         """Full-sequence logits of one forward pass."""

@@ -105,7 +105,7 @@ def sample(
     finish_reason = "length"
     for _ in range(config.max_new_tokens):
         token = choose_next_token(logits, config.temperature, config.top_p, generator)
-        logprob = torch.log_softmax(logits.float(), dim=-1)[token]
+        logprob = logits[token].float() - torch.logsumexp(logits.float(), dim=-1)
         token_id = int(token)
         token_ids.append(token_id)
         logprobs.append(float(logprob))

@@ -1,0 +1,219 @@
+"""Decode speed at batch size 1: the project's sampler vs HF `generate` vs TransformerLens `generate`.
+
+Settings:
+  cpu     the embedded SmolLM2-135M-Instruct, fp32, CPU
+  cuda    a random-weight model of exactly Llama-3.1-8B's architecture, bf16, built on the GPU from its config
+  mining  end-to-end mining throughput (attempts/min, tokens/s incl. parsing and writing) on the embedded model
+
+All three decoders run in ONE process, interleaved over repeats, T=0.7, top-p 0.95, EOS ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cot_patching.models import LoadedModel, from_hf_model, load_model  # noqa: E402
+from cot_patching.prompt import build_prompt, encode_prompt  # noqa: E402
+from cot_patching.sampling import DecodeConfig, sample  # noqa: E402
+
+QUESTION = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "
+            "her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh "
+            "duck egg. How much in dollars does she make every day at the farmers' market?")
+
+
+def llama31_8b_config() -> Any:
+    """Llama-3.1-8B-Instruct's architecture, written out (the GPU machine has no hub access)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False, hidden_act="silu",
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192},
+        bos_token_id=128000, eos_token_id=[128001, 128008, 128009],
+    )
+
+
+def llama3_tokenizer(path: Path) -> Any:
+    """Llama-3's tiktoken file as a fast tokenizer (only used to encode the prompt)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=TikTokenConverter(str(path), pattern=pattern).converted())
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|begin_of_text|>", "<|eot_id|>"]})
+    tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
+    return tokenizer
+
+
+def random_llama31_8b(tokenizer_path: Path) -> LoadedModel:
+    """Random bf16 weights of Llama-3.1-8B's shape on the GPU, wrapped like any mined model."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        hf = LlamaForCausalLM._from_config(llama31_8b_config(), dtype=torch.bfloat16)
+    for parameter in hf.parameters():
+        parameter.data.normal_(0.0, 0.02)
+    return from_hf_model(hf.eval(), llama3_tokenizer(tokenizer_path), name="random-Llama-3.1-8B-architecture")
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], int]) -> tuple[float, int]:
+    """Seconds and new tokens of one call."""
+    synchronize()
+    start = time.perf_counter()
+    n_tokens = fn()
+    synchronize()
+    return time.perf_counter() - start, n_tokens
+
+
+def decoders(model: LoadedModel, prompt_ids: list[int], new_tokens: int) -> dict[str, Callable[[], int]]:
+    """The three decoders, each returning how many new tokens it made (EOS ignored)."""
+    no_eos = dataclasses.replace(model, stop_token_ids=frozenset())
+    config = DecodeConfig(0.7, 0.95, new_tokens)
+    hf = model.model.original_model
+    input_ids = torch.tensor([prompt_ids], device=model.device)
+    seeds = iter(range(10**6))
+
+    def project() -> int:
+        return len(sample(no_eos, prompt_ids, config, seed=next(seeds)).token_ids)
+
+    @torch.inference_mode()
+    def hf_generate() -> int:
+        out = hf.generate(input_ids, do_sample=True, temperature=0.7, top_p=0.95, top_k=0,
+                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+        return out.shape[1] - input_ids.shape[1]
+
+    @torch.inference_mode()
+    def tl_generate() -> int:
+        out = model.model.generate(input_ids, max_new_tokens=new_tokens, stop_at_eos=False, do_sample=True,
+                                   temperature=0.7, top_p=0.95, use_past_kv_cache=True, verbose=False)
+        return out.shape[1] - input_ids.shape[1]
+
+    return {"cot-patching sampler": project, "HF generate": hf_generate, "TransformerLens generate": tl_generate}
+
+
+def copy_bandwidth(n_bytes: int = 2 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus written."""
+    src = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    synchronize()
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize()
+        times.append(time.perf_counter() - start)
+    del src, dst
+    return 2 * n_bytes / statistics.median(times)
+
+
+def bytes_per_token(model: LoadedModel, context: int) -> int:
+    """Weights read per decoded token (the input embedding reads one row) plus the KV cache at `context`."""
+    hf = model.model.original_model
+    embedding = hf.get_input_embeddings().weight
+    weights = sum(p.numel() * p.element_size() for p in hf.parameters() if p is not embedding)
+    cfg = hf.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * embedding.element_size() * context
+    return weights + kv
+
+
+def run_decode(model: LoadedModel, repeats: int, new_tokens: int, device_name: str) -> None:
+    prompt = encode_prompt(model.tokenizer, build_prompt(QUESTION)).token_ids
+    fns = decoders(model, prompt, new_tokens)
+    for fn in fns.values():  # warm-up, also compiles / allocates
+        fn()
+    results: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            seconds, n_tokens = time_call(fn)
+            assert n_tokens == new_tokens, (name, n_tokens)
+            results[name].append(n_tokens / seconds)
+    base = statistics.median(results["HF generate"])
+    print(f"device: {device_name}; model: {model.info.name} ({model.info.dtype}); prompt {len(prompt)} tokens, "
+          f"{new_tokens} new tokens, T=0.7 top-p 0.95, {repeats} interleaved repeats; torch {torch.__version__}")
+    print(f"{'decoder':28s} {'tok/s (median)':>15s} {'min':>8s} {'max':>8s} {'ms/token':>9s} {'vs HF':>7s}")
+    for name, rates in results.items():
+        median = statistics.median(rates)
+        print(f"{name:28s} {median:15.2f} {min(rates):8.2f} {max(rates):8.2f} {1000 / median:9.2f} "
+              f"{median / base:6.2f}x")
+    if model.device.type == "cuda":
+        bandwidth = copy_bandwidth()
+        per_token = bytes_per_token(model, len(prompt) + new_tokens // 2)
+        ideal_ms = 1000 * per_token / bandwidth
+        print(f"bandwidth bound: {per_token / 1e9:.2f} GB read per token / {bandwidth / 1e12:.2f} TB/s copy "
+              f"bandwidth = {ideal_ms:.2f} ms/token")
+        for name, rates in results.items():
+            print(f"{name:28s} reaches {100 * ideal_ms / (1000 / statistics.median(rates)):5.1f}% of the bound")
+
+
+def run_mining(n_problems: int, max_tries: int, new_tokens: int) -> None:
+    from cot_patching.miner import MineSettings, mine
+    from cot_patching.problems import deterministic_sample, read_gsm8k
+
+    model = load_model("embedded", device="cpu")
+    problems = deterministic_sample(read_gsm8k("test"), n_problems)
+    settings = MineSettings(model="embedded", problems_sha256="bench", max_tries=max_tries, max_new_tokens=new_tokens)
+    with tempfile.TemporaryDirectory() as outdir:
+        start = time.perf_counter()
+        result = mine(problems, model, settings, outdir, min_pairs=10**6, progress=False)
+        seconds = time.perf_counter() - start
+        from cot_patching import artifacts
+
+        runs = artifacts.read_runs(Path(outdir) / artifacts.RUNS_FILE)
+    tokens = sum(len(line.record.token_ids) for line in runs)
+    print(f"mining (embedded SmolLM2-135M, CPU fp32, {torch.get_num_threads()} threads): {len(runs)} attempts, "
+          f"{tokens} tokens in {seconds:.1f} s = {60 * len(runs) / seconds:.2f} attempts/min, "
+          f"{tokens / seconds:.2f} tok/s end to end (pairs found: {result.summary['pairs_found']})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", choices=["cpu", "cuda", "mining"], required=True)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--llama3-tokenizer", type=Path, default=None,
+                        help="Llama-3 tokenizer.model (tiktoken) for the cuda setting; default: from llama-models")
+    parser.add_argument("--problems", type=int, default=3, help="mining setting: problems")
+    parser.add_argument("--max-tries", type=int, default=2, help="mining setting: attempts per problem")
+    args = parser.parse_args()
+    if args.setting == "mining":
+        run_mining(args.problems, args.max_tries, args.new_tokens)
+        return
+    if args.setting == "cpu":
+        model = load_model("embedded", device="cpu")
+        run_decode(model, args.repeats, args.new_tokens, f"CPU ({torch.get_num_threads()} threads)")
+        return
+    path = args.llama3_tokenizer
+    if path is None:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llama_models")
+        path = Path(next(iter(spec.submodule_search_locations))) / "llama3" / "tokenizer.model"
+    model = random_llama31_8b(path)
+    run_decode(model, args.repeats, args.new_tokens, torch.cuda.get_device_name(0))
+
+
+if __name__ == "__main__":
+    main()
