@@ -56,7 +56,11 @@ def llama3_tokenizer(path: Path) -> Any:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=TikTokenConverter(str(path), pattern=pattern).converted())
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|begin_of_text|>", "<|eot_id|>"]})
     tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
-    return tokenizer
+    from transformers import AutoTokenizer
+
+    folder = tempfile.mkdtemp(prefix="llama3-tokenizer-")
+    tokenizer.save_pretrained(folder)  # TransformerLens re-loads tokenizers by name_or_path
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def random_llama31_8b(tokenizer_path: Path) -> LoadedModel:
