@@ -1,7 +1,9 @@
-"""On CUDA: the same attempt decoded twice (fresh generator each time) must give identical token ids."""
+"""On CUDA: each attempt decoded twice (fresh generator each time) must give identical token ids, on both the
+CUDA-graph path (what mining uses on GPU) and the eager path; also how often the two paths agree."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -14,12 +16,19 @@ from decode_speed import random_llama31_8b  # noqa: E402
 
 from cot_patching.sampling import DecodeConfig, sample  # noqa: E402
 
-model = random_llama31_8b(Path(sys.argv[1]))
-prompt = list(range(1000, 1150))
-for temperature in (0.0, 0.7, 1.0):
-    config = DecodeConfig(temperature, 0.95, 128)
-    first = sample(model, prompt, config, seed=1234)
-    second = sample(model, prompt, config, seed=1234)
-    print(f"T={temperature}: {len(first.token_ids)} tokens, replay identical: {first.token_ids == second.token_ids}")
-    assert first.token_ids == second.token_ids
-print(torch.cuda.get_device_name(0))
+graphed = random_llama31_8b(Path(sys.argv[1]))
+eager = dataclasses.replace(graphed, cuda_graphs=False, _graphed={})
+failures = 0
+for prompt_len in (150, 300):
+    prompt = list(range(1000, 1000 + prompt_len))
+    for temperature in (0.0, 0.7, 1.0):
+        config = DecodeConfig(temperature, 0.95, 128)
+        runs = {name: [sample(m, prompt, config, seed=1234).token_ids for _ in range(2)]
+                for name, m in (("cuda_graph", graphed), ("eager", eager))}
+        same = {name: a == b for name, (a, b) in runs.items()}
+        agree = next((i for i, (x, y) in enumerate(zip(runs["cuda_graph"][0], runs["eager"][0])) if x != y), 128)
+        print(f"prompt {prompt_len} T={temperature}: replay identical {same}; graph and eager agree on the first "
+              f"{agree}/128 tokens")
+        failures += not all(same.values())
+print(torch.cuda.get_device_name(0), "failures:", failures)
+sys.exit(1 if failures else 0)

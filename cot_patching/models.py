@@ -68,6 +68,8 @@ class LoadedModel:
     tokenizer: Any
     info: ModelInfo
     stop_token_ids: frozenset[int]
+    cuda_graphs: bool = True  # on CUDA, decode steps replay a captured graph (see cuda_graphs.py)
+    _graphed: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -84,6 +86,19 @@ class LoadedModel:
         """
         out = self.model.original_model(input_ids=input_ids, past_key_values=past, use_cache=True)
         return out.logits[0, -1], out.past_key_values
+
+    @property
+    def decode_path(self) -> str:
+        """Which decode path `sample` takes on this model: `cuda_graph` or `eager`."""
+        return "cuda_graph" if self.cuda_graphs and self.device.type == "cuda" else "eager"
+
+    def graphed_decoder(self, max_cache_len: int) -> Any:
+        """The CUDA-graph decoder for this cache length, captured on first use and kept."""
+        from cot_patching.cuda_graphs import GraphedDecoder
+
+        if max_cache_len not in self._graphed:
+            self._graphed[max_cache_len] = GraphedDecoder(self.model.original_model, max_cache_len)
+        return self._graphed[max_cache_len]
 
     def logits(self, input_ids: Int[Tensor, "1 pos"]) -> Float[Tensor, "1 pos vocab"]:
         """Full-sequence logits of one forward pass."""

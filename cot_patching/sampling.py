@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -86,6 +86,9 @@ def choose_next_token(
     return sorted_ids[choice[0]]
 
 
+CACHE_BUCKET = 256
+
+
 @torch.inference_mode()
 def sample(
     model: Any,
@@ -98,8 +101,7 @@ def sample(
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     stop_ids = model.stop_token_ids
-    input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-    logits, past = model.step(input_ids, None)
+    logits, step = _decode_steps(model, prompt_ids, config.max_new_tokens)
     token_ids: list[int] = []
     logprobs: list[float] = []
     finish_reason = "length"
@@ -114,5 +116,24 @@ def sample(
             break
         if len(token_ids) == config.max_new_tokens:
             break
-        logits, past = model.step(token.view(1, 1), past)
+        logits = step(token, len(prompt_ids) + len(token_ids) - 1)
     return Generation(token_ids=token_ids, finish_reason=finish_reason, token_logprobs=logprobs)
+
+
+def _decode_steps(
+    model: Any, prompt_ids: Sequence[int], max_new_tokens: int
+) -> tuple[Float[Tensor, "vocab"], Callable[[Tensor, int], Float[Tensor, "vocab"]]]:
+    """The prompt's next-token logits and a `step(token, position) -> logits` function for this attempt."""
+    if getattr(model, "decode_path", "eager") == "cuda_graph":
+        needed = len(prompt_ids) + max_new_tokens
+        decoder = model.graphed_decoder(-(-needed // CACHE_BUCKET) * CACHE_BUCKET)
+        return decoder.prefill(prompt_ids), decoder.step
+    input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=model.device)
+    logits, past = model.step(input_ids, None)
+    state = {"past": past}
+
+    def step(token: Tensor, position: int) -> Float[Tensor, "vocab"]:
+        next_logits, state["past"] = model.step(token.view(1, 1), state["past"])
+        return next_logits
+
+    return logits, step
