@@ -28,10 +28,18 @@ class GraphedDecoder:
         self.position = torch.zeros((1,), dtype=torch.long, device=device)
         self.logits: Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        # The additive causal mask is built here from device tensors: Hugging Face's own mask builder copies a
+        # CPU scalar, which a graph capture forbids; a prepared 4D mask is used as it is.
+        dtype = next(hf_model.parameters()).dtype
+        self.key_positions = torch.arange(max_cache_len, device=device)
+        self.visible = torch.zeros((), dtype=dtype, device=device)
+        self.hidden = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
 
     def _forward(self, input_ids: Tensor, cache_position: Tensor) -> Tensor:
-        out = self.hf_model(input_ids=input_ids, past_key_values=self.cache, cache_position=cache_position,
-                            use_cache=True)
+        allowed = self.key_positions[None, :] <= cache_position[:, None]
+        mask = torch.where(allowed, self.visible, self.hidden)[None, None]
+        out = self.hf_model(input_ids=input_ids, attention_mask=mask, past_key_values=self.cache,
+                            cache_position=cache_position, use_cache=True)
         return out.logits
 
     def prefill(self, prompt_ids: Sequence[int]) -> Float[Tensor, "vocab"]:

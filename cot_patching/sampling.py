@@ -87,6 +87,7 @@ def choose_next_token(
 
 
 CACHE_BUCKET = 256
+STOP_CHECK_INTERVAL = 16
 
 
 @torch.inference_mode()
@@ -102,22 +103,26 @@ def sample(
     generator.manual_seed(seed)
     stop_ids = model.stop_token_ids
     logits, step = _decode_steps(model, prompt_ids, config.max_new_tokens)
+    # On CUDA, tokens stay on the device and are read back every few steps, so the host never waits on each
+    # step; steps decoded past an end-of-turn token are discarded and do not change what was sampled before it.
+    check_every = STOP_CHECK_INTERVAL if device.type == "cuda" else 1
+    new_tokens = torch.empty(config.max_new_tokens, dtype=torch.long, device=device)
+    new_logprobs = torch.empty(config.max_new_tokens, dtype=torch.float32, device=device)
     token_ids: list[int] = []
-    logprobs: list[float] = []
-    finish_reason = "length"
-    for _ in range(config.max_new_tokens):
+    for index in range(config.max_new_tokens):
         token = choose_next_token(logits, config.temperature, config.top_p, generator)
-        logprob = logits[token].float() - torch.logsumexp(logits.float(), dim=-1)
-        token_id = int(token)
-        token_ids.append(token_id)
-        logprobs.append(float(logprob))
-        if token_id in stop_ids:
-            finish_reason = "stop"
-            break
-        if len(token_ids) == config.max_new_tokens:
-            break
-        logits = step(token, len(prompt_ids) + len(token_ids) - 1)
-    return Generation(token_ids=token_ids, finish_reason=finish_reason, token_logprobs=logprobs)
+        new_tokens[index] = token
+        new_logprobs[index] = logits[token].float() - torch.logsumexp(logits.float(), dim=-1)
+        last = index + 1 == config.max_new_tokens
+        if last or (index + 1) % check_every == 0:
+            token_ids += new_tokens[len(token_ids): index + 1].tolist()
+            stop_at = next((i for i, t in enumerate(token_ids) if t in stop_ids), None)
+            if stop_at is not None:
+                del token_ids[stop_at + 1:]
+                return Generation(token_ids, "stop", new_logprobs[: stop_at + 1].tolist())
+        if not last:
+            logits = step(token, len(prompt_ids) + index)
+    return Generation(token_ids, "length", new_logprobs.tolist())
 
 
 def _decode_steps(
