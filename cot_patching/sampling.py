@@ -96,6 +96,7 @@ def sample(
     prompt_ids: Sequence[int],
     config: DecodeConfig,
     seed: int,
+    stop_check_interval: int | None = None,
 ) -> Generation:
     """Decode one attempt from `prompt_ids` with a fresh generator seeded with `seed`."""
     device = model.device
@@ -105,7 +106,7 @@ def sample(
     logits, step = _decode_steps(model, prompt_ids, config.max_new_tokens)
     # On CUDA, tokens stay on the device and are read back every few steps, so the host never waits on each
     # step; steps decoded past an end-of-turn token are discarded and do not change what was sampled before it.
-    check_every = STOP_CHECK_INTERVAL if device.type == "cuda" else 1
+    check_every = stop_check_interval or (STOP_CHECK_INTERVAL if device.type == "cuda" else 1)
     new_tokens = torch.empty(config.max_new_tokens, dtype=torch.long, device=device)
     new_logprobs = torch.empty(config.max_new_tokens, dtype=torch.float32, device=device)
     token_ids: list[int] = []

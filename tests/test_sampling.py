@@ -109,3 +109,35 @@ def test_stops_at_end_of_turn_and_keeps_it():
 def test_stops_at_max_new_tokens():
     generation = sample(FixedLogits(token=4, stop_token_ids=frozenset({3})), [1], DecodeConfig(0.0, 0.95, 5), 0)
     assert generation.token_ids == [4] * 5 and generation.finish_reason == "length"
+
+
+@dataclass
+class ScriptedLogits:
+    """A stand-in model that emits `tokens` in order (greedy), whatever it is fed."""
+
+    tokens: list[int]
+    stop_token_ids: frozenset[int]
+    device: torch.device = torch.device("cpu")
+    calls: int = 0
+
+    def step(self, input_ids, past):
+        logits = torch.zeros(10)
+        logits[self.tokens[min(self.calls, len(self.tokens) - 1)]] = 10.0
+        self.calls += 1
+        return logits, past
+
+
+@pytest.mark.parametrize("interval", [1, 2, 4, 16])
+def test_deferred_stop_check_gives_the_same_generation(interval):
+    model = ScriptedLogits([5, 6, 7, 3, 8, 9, 9, 9, 9], stop_token_ids=frozenset({3}))
+    generation = sample(model, [1], DecodeConfig(0.0, 0.95, 9), 0, stop_check_interval=interval)
+    assert generation.token_ids == [5, 6, 7, 3] and generation.finish_reason == "stop"
+    assert len(generation.token_logprobs) == 4
+    model = ScriptedLogits([5, 6, 7, 4, 8], stop_token_ids=frozenset({3}))
+    generation = sample(model, [1], DecodeConfig(0.0, 0.95, 5), 0, stop_check_interval=interval)
+    assert generation.token_ids == [5, 6, 7, 4, 8] and generation.finish_reason == "length"
+
+
+def test_deferred_stop_check_on_a_real_model(tiny):
+    config = DecodeConfig(1.0, 0.95, 40)
+    assert sample(tiny, [1, 2, 3], config, 11, stop_check_interval=7) == sample(tiny, [1, 2, 3], config, 11)

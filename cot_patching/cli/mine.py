@@ -130,6 +130,7 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
                         load_in_4bit=options.load_in_4bit)
     manifest = {
         "model": loaded.info.to_json(),
+        "decode_path": loaded.decode_path,
         "environment": artifacts.environment_facts(),
         "argv": sys.argv,
         "options": {f.name: getattr(options, f.name) for f in fields(options)},
