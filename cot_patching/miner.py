@@ -199,9 +199,9 @@ def mine(
                         runs.append(line)
                         records.append(record)
                         attempts_this_call += 1
+                        pairs = derived()  # derived files never lag runs.jsonl by more than the line in flight
                         if artifacts.find_pair(records, settings.pair_unparsed) is not None:
                             break
-                    pairs = derived()
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(pairs=f"{len(pairs)}/{min_pairs}", attempts=len(runs))

@@ -123,3 +123,18 @@ def test_cli_validate_exit_codes(tiny_dir, tmp_path):
     _edit_run(outdir, 0, _set("seed", 1))
     result = runner.invoke(app, ["validate", str(outdir)])
     assert result.exit_code == 1 and "runs.jsonl:1: q0 attempt 0: seed 1 is not" in result.output
+
+
+def test_interrupted_run_mid_problem_is_still_consistent(tiny, tmp_path):
+    from cot_patching.miner import MineSettings, mine
+    from cot_patching.problems import Problem
+
+    from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
+
+    problems = [Problem("m0", "What is 2 + 3?", "5")]
+    sampler = ScriptedSampler(tiny.tokenizer, {"m0": [UNPARSED, WRONG, CORRECT]}, fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        mine(problems, tiny, MineSettings(model="tiny", problems_sha256="x"), tmp_path, progress=False,
+             sampler=sampler)
+    assert len(artifacts.read_runs(tmp_path / artifacts.RUNS_FILE)) == 2
+    assert validate_outdir(tmp_path, tiny.tokenizer) == []
