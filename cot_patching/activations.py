@@ -18,6 +18,7 @@ from torch import Tensor
 
 from cot_patching import artifacts
 from cot_patching.artifacts import LoadedPair, RunRecord
+from cot_patching.models import file_sha256
 from cot_patching.parsing import parse_trace, select_steps
 
 HOOKS = ("resid_pre", "resid_mid", "resid_post")
@@ -154,19 +155,11 @@ def cache_pair(model: Any, pair: LoadedPair, settings: CacheSettings, out_dir: P
     save_file(tensors, str(tmp))  # no metadata: its key order is not stable, and the index holds it
     os.replace(tmp, path)
     return {
-        "pair_id": pair.id, "file": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size,
+        "pair_id": pair.id, "file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size,
         "model": model_info.get("name"), "model_revision": model_info.get("revision"),
         "dtype": settings.to_json()["dtype"], "layers": list(settings.layers), "hooks": list(settings.hooks),
         "keys": sorted(tensors), "traces": traces,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_index(out_dir: Path) -> list[dict[str, Any]]:
@@ -192,7 +185,7 @@ def index_problems(out_dir: Path, entry: dict[str, Any], verify_hashes: bool = F
         return [f"{entry['pair_id']}: {entry['file']} is not readable safetensors ({err})"]
     if keys != entry["keys"]:
         return [f"{entry['pair_id']}: tensors in {entry['file']} differ from the index"]
-    if verify_hashes and _sha256(path) != entry["sha256"]:
+    if verify_hashes and file_sha256(path) != entry["sha256"]:
         return [f"{entry['pair_id']}: sha256 of {entry['file']} differs from the index"]
     return []
 
