@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,22 +81,24 @@ Sampler = Callable[[Any, Sequence[int], DecodeConfig, int], Generation]
 
 @contextmanager
 def outdir_lock(outdir: Path) -> Iterator[None]:
-    """Hold `outdir/.lock`; refuse if a live process holds it."""
+    """Hold `outdir/.lock` ("host pid"); refuse while its holder may be alive (any holder on another host)."""
     lock = outdir / artifacts.LOCK_FILE
+    me = f"{socket.gethostname()} {os.getpid()}"
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            holder = lock.read_text().strip() if lock.exists() else ""
-            if holder.isdigit() and _pid_alive(int(holder)):
+            holder = lock.read_text().split() if lock.exists() else []
+            host, pid = (holder + ["", ""])[:2] if len(holder) != 1 else (socket.gethostname(), holder[0])
+            if not pid.isdigit() or host != socket.gethostname() or _pid_alive(int(pid)):
                 raise MiningError(
-                    f"{outdir} is in use by another mining process (pid {holder}); "
+                    f"{outdir} is in use by another mining process (pid {pid or '?'} on {host or '?'}); "
                     f"remove {lock} if that process is gone"
                 ) from None
             lock.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
+            handle.write(me)
         break
     else:
         raise MiningError(f"cannot take the lock {lock}")

@@ -130,6 +130,23 @@ def test_second_process_is_refused_by_lock(tiny, tmp_path):
     assert result.summary["pairs_found"] == 1
 
 
+def test_lock_held_on_another_host_is_refused_and_stale_local_lock_is_taken(tiny, tmp_path):
+    (tmp_path / artifacts.LOCK_FILE).write_text("some-other-node 4242")
+    with pytest.raises(MiningError, match="pid 4242 on some-other-node"):
+        mine(PROBLEMS[:1], tiny, settings(), tmp_path, progress=False,
+             sampler=ScriptedSampler(tiny.tokenizer, {"p0": [CORRECT, WRONG]}))
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / artifacts.LOCK_FILE).write_text(f"{socket.gethostname()} {dead.pid}")
+    result = mine(PROBLEMS[:1], tiny, settings(), tmp_path, progress=False,
+                  sampler=ScriptedSampler(tiny.tokenizer, {"p0": [CORRECT, WRONG]}))
+    assert result.summary["pairs_found"] == 1 and not (tmp_path / artifacts.LOCK_FILE).exists()
+
+
 def test_outdir_that_is_a_file(tiny, tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
