@@ -17,10 +17,13 @@ from torch import Tensor
 class GraphedDecoder:
     """Prefill eagerly into a static cache, then decode one token per `graph.replay()`."""
 
-    def __init__(self, hf_model: Any, max_cache_len: int) -> None:
+    def __init__(self, hf_model: Any, max_cache_len: int, compile_step: bool = True) -> None:
         from transformers import StaticCache
 
         self.hf_model = hf_model
+        # torch.compile fuses the one-token step's small kernels (Inductor, no autotuning, so the same kernels
+        # come out on every run); the graph then captures the compiled kernels. The prompt runs uncompiled.
+        self.step_model = torch.compile(hf_model, dynamic=False) if compile_step else hf_model
         self.max_cache_len = max_cache_len
         device = next(hf_model.parameters()).device
         self.cache = StaticCache(config=hf_model.config, max_cache_len=max_cache_len)
@@ -38,7 +41,8 @@ class GraphedDecoder:
     def _forward(self, input_ids: Tensor, cache_position: Tensor) -> Tensor:
         allowed = self.key_positions[None, :] <= cache_position[:, None]
         mask = torch.where(allowed, self.visible, self.hidden)[None, None]
-        out = self.hf_model(input_ids=input_ids, attention_mask=mask, past_key_values=self.cache,
+        model = self.step_model if input_ids.shape[1] == 1 else self.hf_model
+        out = model(input_ids=input_ids, attention_mask=mask, past_key_values=self.cache,
                             cache_position=cache_position, use_cache=True)
         return out.logits
 

@@ -69,6 +69,7 @@ class LoadedModel:
     info: ModelInfo
     stop_token_ids: frozenset[int]
     cuda_graphs: bool = True  # on CUDA, decode steps replay a captured graph (see cuda_graphs.py)
+    compile_step: bool = True  # ... of the torch.compile'd one-token step
     _graphed: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -90,14 +91,17 @@ class LoadedModel:
     @property
     def decode_path(self) -> str:
         """Which decode path `sample` takes on this model: `cuda_graph` or `eager`."""
-        return "cuda_graph" if self.cuda_graphs and self.device.type == "cuda" else "eager"
+        if not (self.cuda_graphs and self.device.type == "cuda"):
+            return "eager"
+        return "cuda_graph_compiled" if self.compile_step else "cuda_graph"
 
     def graphed_decoder(self, max_cache_len: int) -> Any:
         """The CUDA-graph decoder for this cache length, captured on first use and kept."""
         from cot_patching.cuda_graphs import GraphedDecoder
 
         if max_cache_len not in self._graphed:
-            self._graphed[max_cache_len] = GraphedDecoder(self.model.original_model, max_cache_len)
+            self._graphed[max_cache_len] = GraphedDecoder(self.model.original_model, max_cache_len,
+                                                          compile_step=self.compile_step)
         return self._graphed[max_cache_len]
 
     def logits(self, input_ids: Int[Tensor, "1 pos"]) -> Float[Tensor, "1 pos vocab"]:

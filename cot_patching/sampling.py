@@ -130,7 +130,7 @@ def _decode_steps(
     model: Any, prompt_ids: Sequence[int], max_new_tokens: int
 ) -> tuple[Float[Tensor, "vocab"], Callable[[Tensor, int], Float[Tensor, "vocab"]]]:
     """The prompt's next-token logits and a `step(token, position) -> logits` function for this attempt."""
-    if getattr(model, "decode_path", "eager") == "cuda_graph":
+    if getattr(model, "decode_path", "eager").startswith("cuda_graph"):
         needed = len(prompt_ids) + max_new_tokens
         decoder = model.graphed_decoder(-(-needed // CACHE_BUCKET) * CACHE_BUCKET)
         return decoder.prefill(prompt_ids), decoder.step
