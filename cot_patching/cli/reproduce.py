@@ -53,6 +53,11 @@ def reproduce_command(
             dtype=dtype or recorded_model.get("dtype"),
             fallback=False,
         )
+        sessions = artifacts.load_manifest(root).get("sessions") or [{}]
+        mined_path = sessions[-1].get("decode_path")
+        if mined_path and mined_path != loaded.decode_path:
+            typer.echo(f"warning: the run was decoded on the {mined_path} path, this replay uses "
+                       f"{loaded.decode_path}; tokens can differ", err=True)
         if recorded_model.get("revision") and loaded.info.revision != recorded_model["revision"]:
             typer.echo(f"warning: model revision {loaded.info.revision} differs from the run's "
                        f"{recorded_model['revision']}", err=True)
