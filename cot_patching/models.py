@@ -90,7 +90,7 @@ class LoadedModel:
 
     @property
     def decode_path(self) -> str:
-        """Which decode path `sample` takes on this model: `cuda_graph` or `eager`."""
+        """Which decode path `sample` takes on this model: `cuda_graph_compiled`, `cuda_graph` or `eager`."""
         if not (self.cuda_graphs and self.device.type == "cuda"):
             return "eager"
         return "cuda_graph_compiled" if self.compile_step else "cuda_graph"
@@ -317,32 +317,26 @@ def _load_one(
         raise ModelLoadError(f"cannot load model {source.name!r}: {str(err).splitlines()[0]}") from None
     bridge_name = source.name if source.kind == "hub" else EMBEDDED_NAME if source.kind == "embedded" \
         else str(Path(source.path or "") / (source.gguf_file or ""))
-    model = bridge_from_hf(hf_model, tokenizer, bridge_name)
-    info = ModelInfo(
-        name=source.name,
-        source=source.kind,
+    loaded = from_hf_model(
+        hf_model, tokenizer, source.name, _revision_of(source, hf_model, revision),
+        source=source.kind, bridge_name=bridge_name, dtype=dtype, device=device,
         path=None if source.path is None else str(Path(source.path) / (source.gguf_file or "")),
-        revision=_revision_of(source, hf_model, revision),
-        dtype=str(dtype).removeprefix("torch."),
-        device=str(device),
-        backend="bridge",
-        tokenizer_sha256=tokenizer_sha256(tokenizer),
-        n_layers=int(model.cfg.n_layers),
-        d_model=int(model.cfg.d_model),
     )
-    loaded = LoadedModel(model=model, tokenizer=tokenizer, info=info,
-                         stop_token_ids=stop_token_ids(tokenizer, hf_model))
     _probe_forward(loaded)
     return loaded
 
 
-def from_hf_model(hf_model: Any, tokenizer: Any, name: str, revision: str | None = None) -> LoadedModel:
+def from_hf_model(
+    hf_model: Any, tokenizer: Any, name: str, revision: str | None = None, *,
+    source: str = "in_memory", path: str | None = None, bridge_name: str | None = None,
+    dtype: torch.dtype | None = None, device: torch.device | None = None,
+) -> LoadedModel:
     """Wrap an already-loaded Hugging Face causal LM and its tokenizer as a LoadedModel."""
-    model = bridge_from_hf(hf_model.eval(), tokenizer, name)
+    model = bridge_from_hf(hf_model.eval(), tokenizer, bridge_name or name)
     parameter = next(hf_model.parameters())
     info = ModelInfo(
-        name=name, source="in_memory", path=None, revision=revision,
-        dtype=str(parameter.dtype).removeprefix("torch."), device=str(parameter.device),
+        name=name, source=source, path=path, revision=revision,
+        dtype=str(dtype or parameter.dtype).removeprefix("torch."), device=str(device or parameter.device),
         backend="bridge", tokenizer_sha256=tokenizer_sha256(tokenizer),
         n_layers=int(model.cfg.n_layers), d_model=int(model.cfg.d_model),
     )

@@ -116,8 +116,9 @@ def sample(
         new_logprobs[index] = logits[token].float() - torch.logsumexp(logits.float(), dim=-1)
         last = index + 1 == config.max_new_tokens
         if last or (index + 1) % check_every == 0:
-            token_ids += new_tokens[len(token_ids): index + 1].tolist()
-            stop_at = next((i for i, t in enumerate(token_ids) if t in stop_ids), None)
+            checked = len(token_ids)
+            token_ids += new_tokens[checked: index + 1].tolist()
+            stop_at = next((i for i in range(checked, len(token_ids)) if token_ids[i] in stop_ids), None)
             if stop_at is not None:
                 del token_ids[stop_at + 1:]
                 return Generation(token_ids, "stop", new_logprobs[: stop_at + 1].tolist())
