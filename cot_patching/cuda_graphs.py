@@ -31,6 +31,7 @@ class GraphedDecoder:
         self.position = torch.zeros((1,), dtype=torch.long, device=device)
         self.logits: Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.prompt_ids: list[int] = []
         # The additive causal mask is built here from device tensors: Hugging Face's own mask builder copies a
         # CPU scalar, which a graph capture forbids; a prepared 4D mask is used as it is.
         dtype = next(hf_model.parameters()).dtype
@@ -51,7 +52,8 @@ class GraphedDecoder:
         if len(prompt_ids) >= self.max_cache_len:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit a cache of {self.max_cache_len}")
         self.cache.reset()
-        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.input_ids.device)
+        self.prompt_ids = list(prompt_ids)
+        ids = torch.tensor([self.prompt_ids], dtype=torch.long, device=self.input_ids.device)
         positions = torch.arange(len(prompt_ids), device=self.input_ids.device)
         return self._forward(ids, positions)[0, -1]
 
@@ -62,7 +64,13 @@ class GraphedDecoder:
         self.input_ids.copy_(token.view(1, 1))
         self.position.fill_(position)
         if self.graph is None:
+            if position != len(self.prompt_ids):
+                raise RuntimeError("the decode graph must be captured at the first step after a prefill")
             self._capture()
+            # The warm-up forwards also ran the cache's own bookkeeping (Hugging Face's StaticCache advances a
+            # write counter on every update), so the cache is rebuilt from the prompt: the first attempt then
+            # starts from exactly the state every later attempt starts from.
+            self.prefill(self.prompt_ids)
         assert self.graph is not None and self.logits is not None
         self.graph.replay()
         return self.logits[0, -1]
