@@ -14,6 +14,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from cot_patching.backends import BRIDGE, HOOKED, BackendError, bridge_from_hf, hooked_from_hf, resolve_backend
+
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 MODEL_ALIASES = {"meta-llama/Meta-Llama-3.1-8B-Instruct": DEFAULT_MODEL}
 FALLBACK_CHAIN = (DEFAULT_MODEL, "mistralai/Mistral-7B-Instruct-v0.3", "Qwen/Qwen2.5-3B-Instruct")
@@ -64,7 +66,7 @@ class ModelInfo:
 class LoadedModel:
     """A TransformerLens model, its tokenizer and the facts needed to replay it."""
 
-    model: Any  # transformer_lens TransformerBridge in compatibility mode
+    model: Any  # TransformerBridge in compatibility mode (backend "bridge") or HookedTransformer ("hooked")
     tokenizer: Any
     info: ModelInfo
     stop_token_ids: frozenset[int]
@@ -82,16 +84,23 @@ class LoadedModel:
     ) -> tuple[Float[Tensor, "vocab"], Any]:
         """Next-token logits after `input_ids` given the KV cache `past`, and the updated cache.
 
-        Runs the bridge's underlying Hugging Face forward (the same modules and weights, logits identical to the
-        bridge's own forward) so that decoding skips the bridge's per-call input handling.
+        On the bridge this runs its underlying Hugging Face forward (the same modules and weights, logits identical
+        to the bridge's own forward), skipping the bridge's per-call input handling. On the hooked backend it is
+        the HookedTransformer's own forward with its own KV cache.
         """
+        if self.info.backend == HOOKED:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+            if past is None:
+                past = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, 1)
+            return self.model(input_ids, return_type="logits", past_kv_cache=past)[0, -1], past
         out = self.model.original_model(input_ids=input_ids, past_key_values=past, use_cache=True)
         return out.logits[0, -1], out.past_key_values
 
     @property
     def decode_path(self) -> str:
         """Which decode path `sample` takes on this model: `cuda_graph_compiled`, `cuda_graph` or `eager`."""
-        if not (self.cuda_graphs and self.device.type == "cuda"):
+        if not (self.cuda_graphs and self.device.type == "cuda" and self.info.backend == BRIDGE):
             return "eager"
         return "cuda_graph_compiled" if self.compile_step else "cuda_graph"
 
@@ -99,6 +108,8 @@ class LoadedModel:
         """The CUDA-graph decoder for this cache length, captured on first use and kept."""
         from cot_patching.cuda_graphs import GraphedDecoder
 
+        if self.info.backend != BRIDGE:
+            raise BackendError(f"CUDA-graph decoding runs the bridge's Hugging Face model, not {self.info.backend}")
         if max_cache_len not in self._graphed:
             self._graphed[max_cache_len] = GraphedDecoder(self.model.original_model, max_cache_len,
                                                           compile_step=self.compile_step)
@@ -254,16 +265,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def bridge_from_hf(hf_model: Any, tokenizer: Any, name: str) -> Any:
-    """A TransformerLens 4 `TransformerBridge` over `hf_model`, HookedTransformer hook names, no processing."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
-    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
-    bridge.eval()
-    return bridge
-
-
 def load_model(
     spec: str,
     device: str | torch.device | None = None,
@@ -271,8 +272,13 @@ def load_model(
     revision: str | None = None,
     load_in_4bit: bool = False,
     fallback: bool = True,
+    backend: str | None = None,
 ) -> LoadedModel:
-    """Load `spec` as a TransformerLens model; on CUDA OOM walk the fallback chain and record it."""
+    """Load `spec` on `backend` (bridge, hooked; None: the installed TransformerLens' own); on CUDA OOM walk the
+    fallback chain and record it."""
+    backend = resolve_backend(backend)
+    if backend == HOOKED and load_in_4bit:
+        raise ModelLoadError("the hooked backend cannot run 4-bit weights; use --backend bridge for --load-in-4bit")
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype, device)
     source = resolve_model(spec)
@@ -284,7 +290,7 @@ def load_model(
     for index, candidate in enumerate(candidates):
         try:
             loaded = _load_one(candidate, device, torch_dtype, revision if index == 0 else None,
-                               load_in_4bit)
+                               load_in_4bit, backend)
         except torch.cuda.OutOfMemoryError as err:
             if index + 1 == len(candidates):
                 raise ModelLoadError(
@@ -306,7 +312,7 @@ def _free_cuda() -> None:
 
 def _load_one(
     source: ModelSource, device: torch.device, dtype: torch.dtype,
-    revision: str | None, load_in_4bit: bool,
+    revision: str | None, load_in_4bit: bool, backend: str,
 ) -> LoadedModel:
     try:
         tokenizer = load_tokenizer(source, revision)
@@ -321,6 +327,7 @@ def _load_one(
         hf_model, tokenizer, source.name, _revision_of(source, hf_model, revision),
         source=source.kind, bridge_name=bridge_name, dtype=dtype, device=device,
         path=None if source.path is None else str(Path(source.path) / (source.gguf_file or "")),
+        backend=backend,
     )
     _probe_forward(loaded)
     return loaded
@@ -329,15 +336,20 @@ def _load_one(
 def from_hf_model(
     hf_model: Any, tokenizer: Any, name: str, revision: str | None = None, *,
     source: str = "in_memory", path: str | None = None, bridge_name: str | None = None,
-    dtype: torch.dtype | None = None, device: torch.device | None = None,
+    dtype: torch.dtype | None = None, device: torch.device | None = None, backend: str | None = None,
 ) -> LoadedModel:
-    """Wrap an already-loaded Hugging Face causal LM and its tokenizer as a LoadedModel."""
-    model = bridge_from_hf(hf_model.eval(), tokenizer, bridge_name or name)
+    """Wrap an already-loaded Hugging Face causal LM and its tokenizer as a LoadedModel on `backend`."""
+    backend = resolve_backend(backend)
     parameter = next(hf_model.parameters())
+    dtype, device = dtype or parameter.dtype, torch.device(device or parameter.device)
+    if backend == HOOKED:
+        model = hooked_from_hf(hf_model.eval(), tokenizer, bridge_name or name, device, dtype)
+    else:
+        model = bridge_from_hf(hf_model.eval(), tokenizer, bridge_name or name)
     info = ModelInfo(
         name=name, source=source, path=path, revision=revision,
-        dtype=str(dtype or parameter.dtype).removeprefix("torch."), device=str(device or parameter.device),
-        backend="bridge", tokenizer_sha256=tokenizer_sha256(tokenizer),
+        dtype=str(dtype).removeprefix("torch."), device=str(device),
+        backend=backend, tokenizer_sha256=tokenizer_sha256(tokenizer),
         n_layers=int(model.cfg.n_layers), d_model=int(model.cfg.d_model),
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info,

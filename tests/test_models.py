@@ -49,7 +49,7 @@ def test_unknown_hub_model_offline_is_a_clear_error(monkeypatch):
 def test_oom_walks_the_fallback_chain_and_records_it(monkeypatch, tiny):
     tried = []
 
-    def fake_load_one(source, device, dtype, revision, load_in_4bit):
+    def fake_load_one(source, device, dtype, revision, load_in_4bit, backend):
         tried.append(source.name)
         if source.name != "Qwen/Qwen2.5-3B-Instruct":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
