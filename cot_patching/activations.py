@@ -157,6 +157,7 @@ def cache_pair(model: Any, pair: LoadedPair, settings: CacheSettings, out_dir: P
     return {
         "pair_id": pair.id, "file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size,
         "model": model_info.get("name"), "model_revision": model_info.get("revision"),
+        "backend": model_info.get("backend"),
         "dtype": settings.to_json()["dtype"], "layers": list(settings.layers), "hooks": list(settings.hooks),
         "keys": sorted(tensors), "traces": traces,
     }
@@ -210,13 +211,14 @@ def cache_activations(
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / CONFIG_FILE
     wanted = {"settings": settings.to_json(), "model": model_info.get("name"),
-              "model_revision": model_info.get("revision"), "results": str(Path(results_dir).resolve())}
+              "model_revision": model_info.get("revision"), "backend": model_info.get("backend", "bridge"),
+              "results": str(Path(results_dir).resolve())}
     if overwrite:
         for path in list(out_dir.glob("*.safetensors")) + [out_dir / INDEX_FILE, config_path]:
             path.unlink(missing_ok=True)
     if config_path.exists():
-        recorded = json.loads(config_path.read_text("utf-8"))
-        for key in ("settings", "model", "model_revision"):
+        recorded = {"backend": "bridge", **json.loads(config_path.read_text("utf-8"))}  # caches made before backends
+        for key in ("settings", "model", "model_revision", "backend"):
             if recorded.get(key) != wanted[key]:
                 raise ValueError(f"{out_dir} holds a cache made with a different {key}: "
                                  f"{recorded.get(key)!r}; use another --out or --overwrite")

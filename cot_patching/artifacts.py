@@ -320,6 +320,14 @@ def load_manifest(outdir: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is not valid JSON: {err.msg}") from None
 
 
+def recorded_backend(outdir: Path) -> str | None:
+    """The backend a results directory was mined with (None: no manifest; runs before backends existed: bridge)."""
+    if not (Path(outdir) / MANIFEST_FILE).exists():
+        return None
+    manifest = load_manifest(Path(outdir))
+    return manifest.get("settings", {}).get("backend") or (manifest.get("model") or {}).get("backend") or "bridge"
+
+
 def environment_facts() -> dict[str, Any]:
     """Versions of the software that decides numerics, and the device it ran on."""
     from importlib.metadata import PackageNotFoundError, version

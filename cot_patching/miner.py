@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from cot_patching import artifacts
 from cot_patching.artifacts import RunLine, RunRecord
+from cot_patching.backends import BACKENDS, BRIDGE
 from cot_patching.problems import Problem
 from cot_patching.prompt import PROMPT_TEMPLATE_SHA256, EncodedPrompt, build_prompt, encode_prompt
 from cot_patching.sampling import (
@@ -22,6 +23,10 @@ from cot_patching.sampling import (
     DecodeConfig, Generation, attempt_seed, sample, temperature_schedule,
 )
 from cot_patching.traces import analyze_trace
+
+
+# Settings added after runs were first written, with the value every earlier run had.
+SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"backend": BRIDGE}
 
 
 class MiningError(RuntimeError):
@@ -41,8 +46,11 @@ class MineSettings:
     strict_format: bool = False
     pair_unparsed: bool = False
     prompt_template_sha256: str = PROMPT_TEMPLATE_SHA256
+    backend: str = BRIDGE  # the TransformerLens class that decoded: replays must use the same one
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose {', '.join(BACKENDS)}")
         temperature_schedule(self.temperature_seq, self.max_tries)
         DecodeConfig(0.0, self.top_p, self.max_new_tokens)
         if any(t < 0 for t in self.temperature_seq):
@@ -129,7 +137,7 @@ def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool) -> None:
         return
     runs_path = outdir / artifacts.RUNS_FILE
     if (outdir / artifacts.MANIFEST_FILE).exists():
-        recorded = artifacts.load_manifest(outdir).get("settings", {})
+        recorded = {**SETTINGS_BEFORE_RECORDED, **artifacts.load_manifest(outdir).get("settings", {})}
         for key, value in settings.to_json().items():
             if recorded.get(key) != value:
                 raise MiningError(
@@ -165,6 +173,9 @@ def mine(
     """Run the attempt schedule on each problem until `min_pairs` pairs or no problems are left."""
     outdir = Path(outdir)
     check_outdir(outdir, settings, overwrite)
+    model_backend = getattr(getattr(model, "info", None), "backend", settings.backend)
+    if model_backend != settings.backend:
+        raise MiningError(f"settings ask for backend {settings.backend!r} but the model runs on {model_backend!r}")
     outdir.mkdir(parents=True, exist_ok=True)
     with outdir_lock(outdir):
         if overwrite:

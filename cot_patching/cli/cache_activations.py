@@ -18,6 +18,7 @@ def cache_activations_command(
     steps: str = typer.Option("early,late", help="'early,late', 'early', 'late' or 'all' steps."),
     dtype: Optional[str] = typer.Option(None, help="Storage dtype bf16 or fp32.  [default: the model's]"),
     device: Optional[str] = typer.Option(None, help="Device.  [default: the mining run's]"),
+    backend: Optional[str] = typer.Option(None, help="bridge or hooked.  [default: the mining run's]"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing cache in --out."),
     verify_hashes: bool = typer.Option(False, "--verify-hashes", help="Re-hash cached files on a rerun."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -34,7 +35,8 @@ def cache_activations_command(
         recorded = manifest.get("model") or {}
         artifacts.load_pairs(root)  # fail on a broken results dir before loading a model
         model = load_model(settings_json["model"], device=device or recorded.get("device"),
-                           dtype=recorded.get("dtype"), fallback=False)
+                           dtype=recorded.get("dtype"), fallback=False,
+                           backend=backend or artifacts.recorded_backend(root))
         store_dtype = dtype or ("bf16" if model.info.dtype == "bfloat16" else "fp32")
         settings = CacheSettings(
             layers=parse_layers(layers, model.info.n_layers),

@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "load_in_4bit": False,
     "strict_format": False,
     "pair_unparsed": False,
+    "backend": "auto",
 }
 
 
@@ -46,6 +47,7 @@ class MineOptions:
     load_in_4bit: bool
     strict_format: bool
     pair_unparsed: bool
+    backend: str
 
     def __post_init__(self) -> None:
         if self.min_pairs < 1:
@@ -95,6 +97,7 @@ def mine_command(
     load_in_4bit: Optional[bool] = typer.Option(None, "--load-in-4bit", help="4-bit weights (bitsandbytes, CUDA)."),
     strict_format: Optional[bool] = typer.Option(None, "--strict-format", help="Accept only the seed regexes."),
     pair_unparsed: Optional[bool] = typer.Option(None, "--pair-unparsed", help="Let an unparsed attempt be the incorrect member."),
+    backend: Optional[str] = typer.Option(None, help="bridge (TransformerLens 4), hooked (3.9 HookedTransformer) or auto: a resumed run's, else the installed one's.  [default: auto]"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --outdir."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -108,12 +111,15 @@ def mine_command(
 def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = True) -> None:
     """Validate everything cheap first, then load the model and mine."""
     from cot_patching import artifacts, miner
+    from cot_patching.backends import AUTO, resolve_backend
     from cot_patching.models import load_model, resolve_model
     from cot_patching.problems import load_problems
     from cot_patching.sampling import parse_temperature_seq
 
     temperature_seq = parse_temperature_seq(options.temperature_seq)
     problems = load_problems(options.problems)
+    resumed_backend = None if overwrite else artifacts.recorded_backend(Path(options.outdir))
+    backend = resolve_backend(resumed_backend if options.backend == AUTO and resumed_backend else options.backend)
     settings = miner.MineSettings(
         model=options.model,
         problems_sha256=miner.problems_sha256(options.problems),
@@ -123,11 +129,12 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
         max_new_tokens=options.max_new_tokens,
         strict_format=options.strict_format,
         pair_unparsed=options.pair_unparsed,
+        backend=backend,
     )
     resolve_model(options.model)
     miner.check_outdir(Path(options.outdir), settings, overwrite)
     loaded = load_model(options.model, device=options.device, dtype=options.dtype,
-                        load_in_4bit=options.load_in_4bit)
+                        load_in_4bit=options.load_in_4bit, backend=backend)
     manifest = {
         "model": loaded.info.to_json(),
         "decode_path": loaded.decode_path,
@@ -137,10 +144,10 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
     }
     result = miner.mine(problems, loaded, settings, options.outdir, min_pairs=options.min_pairs,
                         manifest=manifest, overwrite=overwrite, progress=progress)
-    print_summary(result.summary, options, resumed_from=result.resumed_from)
+    print_summary(result.summary, options, backend, resumed_from=result.resumed_from)
 
 
-def print_summary(summary: dict[str, Any], options: MineOptions, resumed_from: int = 0) -> None:
+def print_summary(summary: dict[str, Any], options: MineOptions, backend: str, resumed_from: int = 0) -> None:
     """The final summary table."""
     from rich.console import Console
     from rich.table import Table
@@ -149,6 +156,7 @@ def print_summary(summary: dict[str, Any], options: MineOptions, resumed_from: i
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("model", options.model)
+    table.add_row("backend", backend)
     table.add_row("pairs found", f"{summary['pairs_found']} (target {options.min_pairs})")
     table.add_row("problems processed", str(summary["problems_processed"]))
     avg = summary["avg_attempts_per_paired_item"]

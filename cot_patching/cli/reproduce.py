@@ -17,6 +17,7 @@ def reproduce_command(
     all_pairs: bool = typer.Option(False, "--all-pairs", help="Replay both traces of every pair."),
     device: Optional[str] = typer.Option(None, help="Device to replay on.  [default: the run's]"),
     dtype: Optional[str] = typer.Option(None, help="dtype to replay in.  [default: the run's]"),
+    backend: Optional[str] = typer.Option(None, help="bridge or hooked.  [default: the run's]"),
 ) -> None:
     """Replay attempts from their logged model, prompt ids, T, top-p, max tokens and seed."""
     from cot_patching import artifacts
@@ -47,12 +48,17 @@ def reproduce_command(
         model_names = {r.model for r in records}
         if len(model_names) != 1:
             raise artifacts.ArtifactError(f"attempts come from several models: {sorted(model_names)}")
+        mined_backend = artifacts.recorded_backend(root)
         loaded = load_model(
             model_names.pop(),
             device=device or recorded_model.get("device"),
             dtype=dtype or recorded_model.get("dtype"),
             fallback=False,
+            backend=backend or mined_backend,
         )
+        if loaded.info.backend != mined_backend:
+            typer.echo(f"warning: the run was mined on the {mined_backend} backend, this replay "
+                       f"uses {loaded.info.backend}; tokens can differ", err=True)
         sessions = artifacts.load_manifest(root).get("sessions") or [{}]
         mined_path = sessions[-1].get("decode_path")
         if mined_path and mined_path != loaded.decode_path:
