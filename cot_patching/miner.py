@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -46,10 +46,10 @@ class MineSettings:
     strict_format: bool = False
     pair_unparsed: bool = False
     prompt_template_sha256: str = PROMPT_TEMPLATE_SHA256
-    backend: str = BRIDGE  # the TransformerLens class that decoded: replays must use the same one
+    backend: str | None = None  # the TransformerLens class that decodes (None: the model's); replays use the same
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
+        if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; choose {', '.join(BACKENDS)}")
         temperature_schedule(self.temperature_seq, self.max_tries)
         DecodeConfig(0.0, self.top_p, self.max_new_tokens)
@@ -172,10 +172,11 @@ def mine(
 ) -> MineResult:
     """Run the attempt schedule on each problem until `min_pairs` pairs or no problems are left."""
     outdir = Path(outdir)
-    check_outdir(outdir, settings, overwrite)
-    model_backend = getattr(getattr(model, "info", None), "backend", settings.backend)
-    if model_backend != settings.backend:
+    model_backend = getattr(getattr(model, "info", None), "backend", None) or settings.backend or BRIDGE
+    if settings.backend not in (None, model_backend):
         raise MiningError(f"settings ask for backend {settings.backend!r} but the model runs on {model_backend!r}")
+    settings = replace(settings, backend=model_backend)
+    check_outdir(outdir, settings, overwrite)
     outdir.mkdir(parents=True, exist_ok=True)
     with outdir_lock(outdir):
         if overwrite:
