@@ -32,17 +32,17 @@ from cot_patching.sampling import DecodeConfig, attempt_seed, sample  # noqa: E4
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_both(device: str) -> dict[str, LoadedModel]:
+def load_both(device: str, dtype: str) -> dict[str, LoadedModel]:
     """The embedded model on each backend."""
-    return {name: load_model(EMBEDDED, device=device, backend=name) for name in backends.BACKENDS}
+    return {name: load_model(EMBEDDED, device=device, dtype=dtype, backend=name) for name in backends.BACKENDS}
 
 
-def hooked_without_layout(device: str) -> LoadedModel:
+def hooked_without_layout(device: str, dtype: str) -> LoadedModel:
     """The hooked backend with TransformerLens' own weight layout (each forward copies its weights)."""
     keep = backends.lay_out_weights_as_read
     backends.lay_out_weights_as_read = lambda model: None
     try:
-        return load_model(EMBEDDED, device=device, backend=backends.HOOKED)
+        return load_model(EMBEDDED, device=device, dtype=dtype, backend=backends.HOOKED)
     finally:
         backends.lay_out_weights_as_read = keep
 
@@ -64,7 +64,7 @@ def run_speed(models: dict[str, LoadedModel], repeats: int, new_tokens: int) -> 
             if round_index:
                 rates[name].append(n_tokens / (time.perf_counter() - start))
     device = next(iter(models.values())).device
-    print(f"speed: embedded SmolLM2-135M fp32 on {device} ({torch.get_num_threads()} threads), prompt {len(prompt)} "
+    print(f"speed: embedded SmolLM2-135M {next(iter(models.values())).info.dtype} on {device} ({torch.get_num_threads()} threads), prompt {len(prompt)} "
           f"tokens, {new_tokens} new tokens, {repeats} interleaved repeats, torch {torch.__version__}, "
           f"transformer-lens {backends.transformer_lens_version()}")
     bridge = statistics.median(rates["bridge"])
@@ -107,24 +107,26 @@ def run_agreement(models: dict[str, LoadedModel], n_problems: int, new_tokens: i
               f"({[decode([i]) for i in ids_b]}), hooked {gap_h:.2e} ({[decode([i]) for i in ids_h]}); "
               f"max |logit diff| there {float((logits_b - logits_h).abs().max()):.2e}")
     print(f"agreement: {same}/{len(problems)} greedy traces identical "
-          f"(max_new_tokens {new_tokens}, embedded SmolLM2-135M fp32, {bridge.device})")
+          f"(max_new_tokens {new_tokens}, embedded SmolLM2-135M {bridge.info.dtype}, {bridge.device}; decode paths: "
+          f"bridge {bridge.decode_path}, hooked {hooked.decode_path})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["speed", "agreement", "both"], default="both")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or auto (the device's default)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--problems", type=int, default=20)
     args = parser.parse_args()
     if backends.available_backends() != backends.BACKENDS:
         sys.exit(f"needs both backends (TransformerLens 3.9); installed: {backends.available_backends()}")
-    models: dict[str, Any] = load_both(args.device)
+    models: dict[str, Any] = load_both(args.device, args.dtype)
     if args.part in ("agreement", "both"):
         run_agreement(models, args.problems, args.new_tokens)
     if args.part in ("speed", "both"):
-        models["hooked, TL weight layout"] = hooked_without_layout(args.device)
+        models["hooked, TL weight layout"] = hooked_without_layout(args.device, args.dtype)
         run_speed(models, args.repeats, args.new_tokens)
 
 

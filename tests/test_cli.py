@@ -43,6 +43,9 @@ def test_mine_then_reproduce_on_a_local_model_directory(tiny_dir, tmp_path):
     replay = runner.invoke(app, ["reproduce", "--outdir", str(outdir), "--id", "c1", "--attempt", "2"])
     assert replay.exit_code == 0, replay.output
     assert "MATCH (12/12 tokens)" in replay.output
+    n_runs = len(artifacts.read_runs(outdir / "runs.jsonl"))
+    replay = runner.invoke(app, ["reproduce", "--outdir", str(outdir), "--all-runs"])
+    assert replay.exit_code == 0 and f"{n_runs}/{n_runs} attempts reproduced exactly" in replay.output, replay.output
     # --all-pairs replays both refs of each pair line
     runs = artifacts.read_runs(outdir / "runs.jsonl")
     pair = {"id": "c0", "problem": "", "gold_answer": "2", "n_attempts": 2,

@@ -15,6 +15,7 @@ def reproduce_command(
     id: Optional[str] = typer.Option(None, "--id", help="Problem id of the attempt to replay."),
     attempt: Optional[int] = typer.Option(None, help="Attempt index (0-based) to replay."),
     all_pairs: bool = typer.Option(False, "--all-pairs", help="Replay both traces of every pair."),
+    all_runs: bool = typer.Option(False, "--all-runs", help="Replay every logged attempt."),
     device: Optional[str] = typer.Option(None, help="Device to replay on.  [default: the run's]"),
     dtype: Optional[str] = typer.Option(None, help="dtype to replay in.  [default: the run's]"),
     backend: Optional[str] = typer.Option(None, help="bridge or hooked.  [default: the run's]"),
@@ -29,7 +30,9 @@ def reproduce_command(
         runs_path = root / artifacts.RUNS_FILE
         if not runs_path.is_file():
             raise artifacts.ArtifactError(f"{root} has no {artifacts.RUNS_FILE}")
-        if all_pairs:
+        if all_runs:
+            records = [line.record for line in artifacts.read_runs(runs_path)]
+        elif all_pairs:
             refs = []
             for pair in artifacts.read_pairs(root / artifacts.PAIRS_FILE):
                 refs += [pair.correct_ref["runs_offset"], pair.incorrect_ref["runs_offset"]]
@@ -40,7 +43,7 @@ def reproduce_command(
             if not records:
                 raise artifacts.ArtifactError(f"no attempt {attempt} of {id!r} in {runs_path}")
         else:
-            raise ValueError("give --id and --attempt, or --all-pairs")
+            raise ValueError("give --id and --attempt, --all-pairs or --all-runs")
         if not records:
             typer.echo("no pairs to replay")
             return
