@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import io
 import tempfile
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -95,10 +97,13 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: torch.devic
         loading.get_official_model_name = lambda model_name: model_name if Path(model_name).exists() \
             else official_name(model_name)
         try:
-            model = HookedTransformer.from_pretrained_no_processing(
-                config_dir, hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=dtype,
-                default_prepend_bos=False,  # our prompts come from the chat template, which writes BOS itself
-            )
+            # Silence the chosen class's deprecation notice and its "Loaded pretrained model <temp dir>" print.
+            with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = HookedTransformer.from_pretrained_no_processing(
+                    config_dir, hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=dtype,
+                    default_prepend_bos=False,  # our prompts come from the chat template, which writes BOS itself
+                )
         finally:
             loading.get_official_model_name = official_name
     model.cfg.model_name = name.rstrip("/").split("/")[-1]

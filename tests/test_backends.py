@@ -168,6 +168,14 @@ def test_hooked_refuses_4bit(tiny_dir):
 
 
 @needs_hooked
+def test_hooked_refuses_weights_stored_quantized(smollm2_tokenizer):
+    hf = tiny_hf_model(smollm2_tokenizer)
+    hf.config.quantization_config = {"quant_method": "awq", "bits": 4}
+    with pytest.raises(BackendError, match="cannot run a awq-quantized model"):
+        from_hf_model(hf, smollm2_tokenizer, "tiny", backend=HOOKED)
+
+
+@needs_hooked
 @pytest.mark.slow
 def test_embedded_gguf_loads_on_hooked_and_matches_hf(embedded):
     """The GGUF's dequantized weights pass TransformerLens' quantization check; the HF config is left intact."""

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cot_patching import artifacts
+from cot_patching.backends import resolve_backend
 from cot_patching.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +40,7 @@ def test_mine_then_reproduce_on_a_local_model_directory(tiny_dir, tmp_path):
         assert (outdir / name).is_file(), name
     manifest = json.loads((outdir / "manifest.json").read_text())
     assert manifest["settings"]["schedule"] == [0.0, 0.9, 0.9]
+    assert manifest["settings"]["backend"] == manifest["model"]["backend"] == resolve_backend(None)
     assert manifest["model"]["tokenizer_sha256"] and manifest["sessions"][0]["environment"]["versions"]["torch"]
     replay = runner.invoke(app, ["reproduce", "--outdir", str(outdir), "--id", "c1", "--attempt", "2"])
     assert replay.exit_code == 0, replay.output
