@@ -147,9 +147,8 @@ def _without_quantization_config(hf_model: Any) -> Iterator[None]:
         hf_model.config.quantization_config = quantization
 
 
-# How each HookedTransformer 3.9 component rearranges a weight before its F.linear, as (attribute, reading,
-# unreading): `reading(w)` is what the forward builds, `unreading(t)` gives back a tensor of w's shape whose
-# storage is `t`. Storing weights so that `reading(w)` is already contiguous (Hugging Face's layout) turns the
+# How each HookedTransformer 3.9 component rearranges a weight before its F.linear, as (reading, unreading):
+# `reading(w)` is what the forward builds, `unreading(t, w)` gives back a tensor of w's shape whose storage is `t`. Storing weights so that `reading(w)` is already contiguous (Hugging Face's layout) turns the
 # per-forward copy of every weight into a view; the values the forward sees are the same.
 def _rearranger(pattern: str) -> Callable[[Tensor], Tensor]:
     return lambda w: einops.rearrange(w, pattern)
