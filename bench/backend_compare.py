@@ -16,17 +16,20 @@ import dataclasses
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from decode_speed import time_call  # noqa: E402
 
 from cot_patching import backends  # noqa: E402
 from cot_patching.models import EMBEDDED, LoadedModel, load_model  # noqa: E402
 from cot_patching.prompt import build_prompt, encode_prompt  # noqa: E402
+from cot_patching.replay import first_mismatch  # noqa: E402
 from cot_patching.sampling import DecodeConfig, attempt_seed, sample  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,14 +58,9 @@ def run_speed(models: dict[str, LoadedModel], repeats: int, new_tokens: int) -> 
     for round_index in range(repeats + 1):  # round 0 warms up
         for name, model in models.items():
             no_eos = dataclasses.replace(model, stop_token_ids=frozenset())
-            if model.device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            n_tokens = len(sample(no_eos, prompt, config, seed=round_index).token_ids)
-            if model.device.type == "cuda":
-                torch.cuda.synchronize()
+            seconds, n_tokens = time_call(lambda: len(sample(no_eos, prompt, config, seed=round_index).token_ids))
             if round_index:
-                rates[name].append(n_tokens / (time.perf_counter() - start))
+                rates[name].append(n_tokens / seconds)
     device = next(iter(models.values())).device
     print(f"speed: embedded SmolLM2-135M {next(iter(models.values())).info.dtype} on {device} ({torch.get_num_threads()} threads), prompt {len(prompt)} "
           f"tokens, {new_tokens} new tokens, {repeats} interleaved repeats, torch {torch.__version__}, "
@@ -92,12 +90,11 @@ def run_agreement(models: dict[str, LoadedModel], n_problems: int, new_tokens: i
         seed = attempt_seed(problem["id"], 0)
         a = sample(bridge, prompt, config, seed).token_ids
         b = sample(hooked, prompt, config, seed).token_ids
-        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-        if first is None and len(a) == len(b):
+        first = first_mismatch(a, b)
+        if first is None:
             same += 1
             print(f"  {problem['id']}: identical ({len(a)} tokens)")
             continue
-        first = first if first is not None else min(len(a), len(b))
         context = prompt + a[:first]
         ids_b, gap_b, logits_b = top_two(bridge, context)
         ids_h, gap_h, logits_h = top_two(hooked, context)

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_speed import llama3_tokenizer, llama31_8b_config  # noqa: E402
+from decode_speed import llama3_tokenizer, llama31_8b_config, time_call  # noqa: E402
 
 from cot_patching import backends  # noqa: E402
 from cot_patching.models import LoadedModel, from_hf_model  # noqa: E402
@@ -32,12 +32,9 @@ def tokens_per_second(model: LoadedModel, prompt: list[int], new_tokens: int, re
     config = DecodeConfig(0.7, 0.95, new_tokens)
     rates = []
     for seed in range(repeats + 1):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        n = len(sample(no_eos, prompt, config, seed).token_ids)
-        torch.cuda.synchronize()
+        seconds, n_tokens = time_call(lambda: len(sample(no_eos, prompt, config, seed).token_ids))
         if seed:
-            rates.append(n / (time.perf_counter() - start))
+            rates.append(n_tokens / seconds)
     return rates
 
 

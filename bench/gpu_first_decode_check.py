@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cot_patching.sampling as sampling  # noqa: E402
 from cot_patching.models import LoadedModel, ModelInfo  # noqa: E402
+from cot_patching.replay import first_mismatch  # noqa: E402
 from cot_patching.sampling import DecodeConfig, sample  # noqa: E402
 
 
@@ -48,10 +49,6 @@ def traced_sample(model: LoadedModel, prompt: list[int], config: DecodeConfig, s
     return tokens, seen
 
 
-def first_difference(a, b) -> int | None:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-
-
 variant = sys.argv[1] if len(sys.argv) > 1 else "compiled"
 model = random_qwen05b(compile_step=variant == "compiled", cuda_graphs=variant != "eager")
 prompt = list(range(1000, 1200))
@@ -63,7 +60,7 @@ for k in (1, 2):
     logit_step = next((i for i, ((l0, _), (lk, _)) in enumerate(zip(seen_0, seen_k)) if not torch.equal(l0, lk)), None)
     state_step = next((i for i, ((_, g0), (_, gk)) in enumerate(zip(seen_0, seen_k)) if not torch.equal(g0, gk)), None)
     max_diff = max(float((l0 - lk).abs().max()) for (l0, _), (lk, _) in zip(seen_0, seen_k))
-    print(f"{variant}: decode 1 vs decode {k + 1}: first token diff {first_difference(tokens_0, tokens_k)}, "
+    print(f"{variant}: decode 1 vs decode {k + 1}: first token diff {first_mismatch(tokens_0, tokens_k)}, "
           f"first logits diff at step {logit_step} (max |diff| {max_diff:.3g}), first generator-state diff at step {state_step}")
-t12 = first_difference(runs[1][0], runs[2][0])
+t12 = first_mismatch(runs[1][0], runs[2][0])
 print(f"{variant}: decode 2 vs decode 3: first token diff {t12}")

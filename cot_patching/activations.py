@@ -18,6 +18,7 @@ from torch import Tensor
 
 from cot_patching import artifacts
 from cot_patching.artifacts import LoadedPair, RunRecord
+from cot_patching.backends import BRIDGE
 from cot_patching.models import file_sha256
 from cot_patching.parsing import parse_trace, select_steps
 
@@ -211,13 +212,13 @@ def cache_activations(
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / CONFIG_FILE
     wanted = {"settings": settings.to_json(), "model": model_info.get("name"),
-              "model_revision": model_info.get("revision"), "backend": model_info.get("backend", "bridge"),
+              "model_revision": model_info.get("revision"), "backend": model_info.get("backend", BRIDGE),
               "results": str(Path(results_dir).resolve())}
     if overwrite:
         for path in list(out_dir.glob("*.safetensors")) + [out_dir / INDEX_FILE, config_path]:
             path.unlink(missing_ok=True)
     if config_path.exists():
-        recorded = {"backend": "bridge", **json.loads(config_path.read_text("utf-8"))}  # caches made before backends
+        recorded = {"backend": BRIDGE, **json.loads(config_path.read_text("utf-8"))}  # caches made before backends
         for key in ("settings", "model", "model_revision", "backend"):
             if recorded.get(key) != wanted[key]:
                 raise ValueError(f"{out_dir} holds a cache made with a different {key}: "

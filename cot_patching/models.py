@@ -89,9 +89,9 @@ class LoadedModel:
         the HookedTransformer's own forward with its own KV cache.
         """
         if self.info.backend == HOOKED:
-            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
             if past is None:
+                from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
                 past = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, 1)
             return self.model(input_ids, return_type="logits", past_kv_cache=past)[0, -1], past
         out = self.model.original_model(input_ids=input_ids, past_key_values=past, use_cache=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from cot_patching.artifacts import RunRecord
 from cot_patching.sampling import DecodeConfig, sample
@@ -21,14 +21,20 @@ class ReplayResult:
     first_mismatch: int | None  # token index of the first difference, None if identical
 
 
+def first_mismatch(logged: Sequence[int], replayed: Sequence[int]) -> int | None:
+    """Index of the first token where two sequences differ (a length difference counts), None if identical."""
+    mismatch = next((i for i, (a, b) in enumerate(zip(logged, replayed)) if a != b), None)
+    if mismatch is None and len(logged) != len(replayed):
+        mismatch = min(len(logged), len(replayed))
+    return mismatch
+
+
 def replay_attempt(model: Any, record: RunRecord) -> ReplayResult:
     """Decode the record's prompt ids again with its temperature, top-p, max tokens and seed."""
     config = DecodeConfig(record.temperature, record.top_p, record.max_new_tokens)
     generation = sample(model, record.prompt_token_ids, config, record.seed)
     logged, replayed = record.token_ids, generation.token_ids
-    mismatch = next((i for i, (a, b) in enumerate(zip(logged, replayed)) if a != b), None)
-    if mismatch is None and len(logged) != len(replayed):
-        mismatch = min(len(logged), len(replayed))
+    mismatch = first_mismatch(logged, replayed)
     return ReplayResult(
         id=record.id, attempt=record.attempt, match=mismatch is None,
         n_logged=len(logged), n_replayed=len(replayed), first_mismatch=mismatch,
