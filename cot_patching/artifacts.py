@@ -20,6 +20,7 @@ PAIRS_CSV = "pairs_summary.csv"
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
+SET_ASIDE_FILE = "runs.set-aside.jsonl"
 CSV_COLUMNS = ("id", "n_attempts", "early_step_idx", "late_step_idx", "correct_attempt", "incorrect_attempt")
 
 

@@ -22,11 +22,11 @@ from cot_patching.sampling import (
     DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TRIES, DEFAULT_TEMPERATURE_SEQ, DEFAULT_TOP_P,
     DecodeConfig, Generation, attempt_seed, sample, temperature_schedule,
 )
-from cot_patching.traces import analyze_trace
+from cot_patching.traces import TRACE_RULES_VERSION, analyze_trace
 
 
 # Settings added after runs were first written, with the value every earlier run had.
-SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"backend": BRIDGE}
+SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"backend": BRIDGE, "trace_rules_version": 1}
 
 
 class MiningError(RuntimeError):
@@ -47,6 +47,7 @@ class MineSettings:
     pair_unparsed: bool = False
     prompt_template_sha256: str = PROMPT_TEMPLATE_SHA256
     backend: str | None = None  # the TransformerLens class that decodes (None: the model's); replays use the same
+    trace_rules_version: int = TRACE_RULES_VERSION  # parsing/scoring/span rules the labels were made with
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKENDS:
@@ -139,6 +140,11 @@ def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool) -> None:
     if (outdir / artifacts.MANIFEST_FILE).exists():
         recorded = {**SETTINGS_BEFORE_RECORDED, **artifacts.load_manifest(outdir).get("settings", {})}
         for key, value in settings.to_json().items():
+            if key == "trace_rules_version" and recorded.get(key) != value:
+                raise MiningError(
+                    f"{outdir} was labelled with trace rules version {recorded.get(key)}, this is version {value}; "
+                    f"relabel it first with `cot-patching repair {outdir}` (token ids never change), then resume"
+                )
             if recorded.get(key) != value:
                 raise MiningError(
                     f"{outdir} was mined with different settings: {key} is {recorded.get(key)!r} there, "
@@ -152,7 +158,7 @@ def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool) -> None:
 def clear_outdir(outdir: Path) -> None:
     """Remove a previous run's files (for `--overwrite`)."""
     for name in (artifacts.RUNS_FILE, artifacts.PAIRS_FILE, artifacts.PAIRS_CSV,
-                     artifacts.SUMMARY_FILE, artifacts.MANIFEST_FILE):
+                     artifacts.SUMMARY_FILE, artifacts.MANIFEST_FILE, artifacts.SET_ASIDE_FILE):
         (outdir / name).unlink(missing_ok=True)
     activations = outdir / "activations"
     if activations.is_dir():
@@ -181,11 +187,18 @@ def mine(
     with outdir_lock(outdir):
         if overwrite:
             clear_outdir(outdir)
-        _record_session(outdir, manifest or {}, settings)
         runs_path = outdir / artifacts.RUNS_FILE
         artifacts.drop_torn_tail(runs_path)
-        runs = artifacts.read_runs(runs_path)
+        try:
+            runs = artifacts.read_runs(runs_path)
+        except artifacts.ArtifactError as err:
+            raise MiningError(
+                f"{err}; nothing was changed. `cot-patching repair {outdir}` sets damaged lines aside in "
+                f"{artifacts.SET_ASIDE_FILE} with the attempts of the same problems after them (nothing is deleted); "
+                "then rerun this command: it decodes those attempts again, identically"
+            ) from None
         _check_runs_match(runs, problems)
+        _record_session(outdir, manifest or {}, settings)
         resumed_from = len(runs)
         questions = {p.id: p.question for p in problems}
         by_problem = artifacts.group_by_problem(runs)
@@ -245,23 +258,15 @@ def run_attempt(
         seed=seed,
         model=settings.model,
         prompt=prompt.text,
-        text=trace.text,
-        final_answer=trace.parsed.final_answer,
-        correct=trace.correct,
-        parse_ok=trace.parsed.parse_ok,
         token_ids=generation.token_ids,
-        step_spans=[s.to_json() for s in trace.step_spans],
-        final_answer_span=None if trace.final_answer_span is None else trace.final_answer_span.to_json(),
         prompt_token_ids=prompt.token_ids,
         max_new_tokens=settings.max_new_tokens,
         finish_reason=generation.finish_reason,
         gold_answer=problem.gold_answer,
-        normalized_answer=trace.score.normalized,
-        score_rule=trace.score.rule,
-        strict_format_ok=trace.parsed.strict_format_ok,
         chat_template_applied=prompt.chat_template_applied,
         model_revision=getattr(getattr(model, "info", None), "revision", None),
         token_logprobs=[round(x, 6) for x in generation.token_logprobs],
+        **trace.record_fields(),
     )
 
 

@@ -362,3 +362,23 @@ def _probe_forward(loaded: LoadedModel) -> None:
     with torch.inference_mode():
         loaded.logits(ids)
 
+
+
+def check_identity(source: ModelSource, recorded: dict[str, Any]) -> None:
+    """Refuse a model file whose sha256 is not the recorded one (GGUF and embedded files; checked before loading)."""
+    revision = recorded.get("revision") or ""
+    if source.kind in ("gguf", "embedded") and revision.startswith("sha256:"):
+        actual = "sha256:" + file_sha256(Path(str(source.path)) / str(source.gguf_file))
+        if actual != revision:
+            raise ModelLoadError(
+                f"{Path(str(source.path)) / str(source.gguf_file)} is not this run's model: its {actual[:19]}... "
+                f"differs from the recorded {revision[:19]}..."
+            )
+
+
+def check_loaded_identity(info: ModelInfo, recorded: dict[str, Any]) -> None:
+    """Refuse a loaded model whose revision (hub commit or file sha256) differs from the recorded one."""
+    expected = recorded.get("revision")
+    if expected and info.revision != expected:
+        raise ModelLoadError(f"{info.path or info.name} is not this run's model: revision is {info.revision}, "
+                             f"the run recorded {expected}")

@@ -9,15 +9,25 @@ from dataclasses import dataclass, field
 STRICT_STEP = re.compile(r"^Step\s+\d+:\s*", re.MULTILINE)
 STRICT_FINAL = re.compile(r"Final Answer:\s*(.+)")
 
-# Markdown decoration instruct models add: `**Step 1:**`, `### Step 1:`, `**Step 1**:`, `- Step 1:`.
-_DECO_OPEN = r"[ \t]*(?:#{1,6}[ \t]*)?(?:[-*][ \t]+)?(?:\*\*|__|\*|_)?[ \t]*"
+# What instruct models put before a header on its line: indentation, a blockquote `>`, a list marker
+# (`-`, `*`, `+`, `1.`, `1)`), a markdown heading `###`, emphasis `**`. Only the indentation is outside a span.
+_INDENT = r"[ \t]*"
+_DECO_OPEN = (
+    r"(?:>[ \t]*)*(?:(?:[-*+]|\d{1,3}[.)])[ \t]+)?(?:#{1,6}[ \t]*)?(?:\*\*|__|\*|_)?[ \t]*"
+)
 _DECO_CLOSE = r"(?:\*\*|__|\*|_)?"
 LENIENT_STEP = re.compile(
-    rf"^{_DECO_OPEN}Step\s+\d+{_DECO_CLOSE}\s*:{_DECO_CLOSE}\s*", re.MULTILINE
+    rf"^{_INDENT}(?P<header>{_DECO_OPEN}(?i:step)[ \t]+\d+{_DECO_CLOSE}[ \t]*:{_DECO_CLOSE}[ \t]*)",
+    re.MULTILINE,
 )
+# `Final Answer:` anywhere (any case, decorated), or `Final Answer` alone on its line as a heading.
 LENIENT_FINAL = re.compile(
-    rf"(?:#{{1,6}}[ \t]*)?(?:\*\*|__|\*|_)?Final Answer{_DECO_CLOSE}\s*:{_DECO_CLOSE}\s*(.+)"
+    rf"(?:#{{1,6}}[ \t]*)?(?:\*\*|__|\*|_)?(?i:final answer){_DECO_CLOSE}[ \t]*:{_DECO_CLOSE}\s*(.+)"
+    rf"|^{_INDENT}{_DECO_OPEN}(?i:final answer)[ \t]*{_DECO_CLOSE}[ \t]*:?[ \t]*{_DECO_CLOSE}[ \t]*\n\s*(.+)",
+    re.MULTILINE,
 )
+# Decoration left in a step's body when its header line holds nothing else (`**Step 3:**`).
+_EMPTY_BODY = re.compile(r"[\s*_#>`-]*")
 
 
 @dataclass(frozen=True)
@@ -37,14 +47,14 @@ class ParsedTrace:
     steps: list[Step]
     final_answer: str | None
     final_answer_char_span: tuple[int, int] | None
-    final_marker_start: int | None  # where the `Final Answer:` line (with decoration) begins
+    final_marker_start: int | None  # first non-whitespace character of the `Final Answer:` line
     strict_format_ok: bool  # the seed regexes alone find >= 1 step and a final answer
     strict_mode: bool = False
     warnings: list[str] = field(default_factory=list)
 
     @property
     def parse_ok(self) -> bool:
-        """At least one step and a final answer."""
+        """At least one step and a final answer (scoring may still find no number: see `judge`)."""
         return bool(self.steps) and self.final_answer is not None
 
 
@@ -54,31 +64,49 @@ def _rstrip_end(text: str, start: int, end: int) -> int:
     return end
 
 
+def _marker_start(text: str, position: int) -> int:
+    """Where a header found at `position` begins: its line's first non-whitespace character if only
+    decoration (list marker, `#`, `>`, emphasis) stands before it on the line, else `position`."""
+    line_start = text.rfind("\n", 0, position) + 1
+    while line_start < position and text[line_start] in " \t":
+        line_start += 1
+    return line_start if re.fullmatch(_DECO_OPEN, text[line_start:position]) else position
+
+
+def _find_final(text: str, strict: bool) -> tuple[str | None, tuple[int, int] | None, int | None]:
+    """(answer, answer char span, where the `Final Answer` line's content begins) of the first match."""
+    match = (STRICT_FINAL if strict else LENIENT_FINAL).search(text)
+    if match is None:
+        return None, None, None
+    group = 1 if match.group(1) is not None else 2
+    a, b = match.span(group)
+    b = _rstrip_end(text, a, b)
+    if b <= a:
+        return None, None, None
+    marker = match.start() if strict else _marker_start(text, match.start())
+    return text[a:b], (a, b), marker
+
+
 def parse_trace(text: str, strict: bool = False) -> ParsedTrace:
     """Parse a trace into steps and a final answer; `strict` accepts only the seed regexes."""
-    step_re, final_re = (STRICT_STEP, STRICT_FINAL) if strict else (LENIENT_STEP, LENIENT_FINAL)
-    final_match = final_re.search(text)
+    final_answer, final_span, final_start = _find_final(text, strict)
     strict_ok = bool(STRICT_STEP.search(text)) and bool(STRICT_FINAL.search(text))
 
-    final_answer: str | None = None
-    final_span: tuple[int, int] | None = None
-    final_start: int | None = None
-    if final_match is not None:
-        a, b = final_match.span(1)
-        b = _rstrip_end(text, a, b)
-        if b > a:
-            final_answer = text[a:b]
-            final_span = (a, b)
-            final_start = final_match.start()
-
-    boundaries = [m.start() for m in step_re.finditer(text)]
+    if strict:
+        headers = [(m.start(), m.end()) for m in STRICT_STEP.finditer(text)]
+    else:
+        headers = [(m.start("header"), m.end()) for m in LENIENT_STEP.finditer(text)]
+    if final_start is not None:
+        headers = [h for h in headers if h[0] < final_start]  # nothing after the Final Answer line is a step
     steps: list[Step] = []
-    for i, start in enumerate(boundaries):
-        end = boundaries[i + 1] if i + 1 < len(boundaries) else len(text)
-        if final_start is not None and start < final_start < end:
+    for i, (start, header_end) in enumerate(headers):
+        end = headers[i + 1][0] if i + 1 < len(headers) else len(text)
+        if final_start is not None and start < final_start <= end:
             end = final_start
         end = _rstrip_end(text, start, end)
-        steps.append(Step(step_idx=i + 1, char_start=start, char_end=end, text=text[start:end]))
+        if _EMPTY_BODY.fullmatch(text, min(header_end, end), end):
+            continue  # `Step N:` with nothing in it is not a step
+        steps.append(Step(step_idx=len(steps) + 1, char_start=start, char_end=end, text=text[start:end]))
     return ParsedTrace(
         steps=steps,
         final_answer=final_answer,

@@ -45,3 +45,11 @@ def encode_prompt(tokenizer: Any, prompt: str) -> EncodedPrompt:
         return EncodedPrompt(text=prompt, token_ids=list(ids), chat_template_applied=True)
     ids = tokenizer(prompt)["input_ids"]
     return EncodedPrompt(text=prompt, token_ids=list(ids), chat_template_applied=False)
+
+
+def question_of(prompt: str) -> str | None:
+    """The question a seed prompt was built from (None if `prompt` is not one)."""
+    prefix, _, suffix = PROMPT_TEMPLATE.partition("{QUESTION}")
+    if not prompt.startswith(prefix) or not prompt.endswith(suffix):
+        return None
+    return prompt[len(prefix):len(prompt) - len(suffix)]

@@ -12,7 +12,7 @@ from cot_patching.artifacts import PairRecord, RunLine, RunRecord
 from cot_patching.parsing import parse_trace, select_steps
 from cot_patching.sampling import attempt_seed, temperature_schedule
 from cot_patching.spans import TokenOffsets
-from cot_patching.traces import analyze_trace
+from cot_patching.traces import TRACE_RULES_VERSION, analyze_trace, judge_text
 
 _RUN_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,), "attempt": (int,), "temperature": (int, float), "top_p": (int, float), "seed": (int,),
@@ -40,10 +40,20 @@ def validate_outdir(outdir: str | Path, tokenizer: Any | None = None) -> list[Vi
     found: list[Violation] = []
     manifest = _read_manifest(root, found)
     settings = manifest.get("settings", {})
+    if manifest and settings.get("trace_rules_version", 1) != TRACE_RULES_VERSION:
+        found.append(Violation(artifacts.MANIFEST_FILE, 0,
+                               f"labelled with trace rules version {settings.get('trace_rules_version', 1)}, "
+                               f"this validator checks version {TRACE_RULES_VERSION}: run `cot-patching repair "
+                               f"{root}` (token ids never change)"))
     runs = _read_runs(root, found)
     schedule = temperature_schedule(settings["temperature_seq"], settings["max_tries"]) if settings else None
     for number, line in enumerate(runs, start=1):
-        found += [Violation(artifacts.RUNS_FILE, number, m) for m in _check_run(line.record, settings, schedule, tokenizer)]
+        try:
+            messages = _check_run(line.record, settings, schedule, tokenizer)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
+            messages = [f"{line.record.id} attempt {line.record.attempt}: malformed record ({type(err).__name__}: "
+                        f"{err})"]
+        found += [Violation(artifacts.RUNS_FILE, number, m) for m in messages]
     found += _check_attempt_order(runs, settings)
     pairs = _check_pairs(root, runs, settings, found)
     found += _check_derived(root, runs, pairs)
@@ -76,7 +86,7 @@ def _read_runs(root: Path, found: list[Violation]) -> list[RunLine]:
             except json.JSONDecodeError as err:
                 found.append(Violation(artifacts.RUNS_FILE, number, f"not valid JSON ({err.msg})"))
                 continue
-            problems = _schema_problems(data)
+            problems = schema_problems(data)
             if problems:
                 found += [Violation(artifacts.RUNS_FILE, number, m) for m in problems]
                 continue
@@ -84,7 +94,8 @@ def _read_runs(root: Path, found: list[Violation]) -> list[RunLine]:
     return runs
 
 
-def _schema_problems(data: Any) -> list[str]:
+def schema_problems(data: Any) -> list[str]:
+    """What makes a parsed runs.jsonl line not a run record (missing or mistyped fields)."""
     if not isinstance(data, dict):
         return ["not a JSON object"]
     problems = []
@@ -123,37 +134,56 @@ def _check_run(record: RunRecord, settings: dict[str, Any], schedule: list[float
 
 def _check_text_spans(record: RunRecord, strict: bool) -> list[str]:
     out = []
-    parsed = parse_trace(record.text, strict=strict)
+    verdict = judge_text(record.text, record.gold_answer, strict=strict)
     for span in record.step_spans:
-        if record.text[span["char_start"]:span["char_end"]] != span["text"]:
+        text = record.text[span["char_start"]:span["char_end"]]
+        if text != span["text"]:
             out.append(f"step {span['step_idx']}: text differs from text[char_start:char_end]")
-    if [(s.char_start, s.char_end) for s in parsed.steps] != [(s["char_start"], s["char_end"]) for s in record.step_spans]:
+        if text[:1].isspace() or text[-1:].isspace() or not text:
+            out.append(f"step {span['step_idx']}: span [{span['char_start']}, {span['char_end']}) starts or ends "
+                       "on whitespace")
+    if [(s.char_start, s.char_end) for s in verdict.parsed.steps] != [
+        (s["char_start"], s["char_end"]) for s in record.step_spans
+    ]:
         out.append("step spans differ from a fresh parse of text")
-    if parsed.final_answer != record.final_answer or parsed.parse_ok != record.parse_ok:
+    if verdict.parsed.final_answer != record.final_answer or verdict.parse_ok != record.parse_ok:
         out.append("final_answer/parse_ok differ from a fresh parse of text")
+    if (verdict.correct, verdict.score.rule, verdict.score.normalized) != (
+        record.correct, record.score_rule, record.normalized_answer
+    ):
+        out.append(f"label (correct, rule, normalized) is {(record.correct, record.score_rule, record.normalized_answer)}"
+                   f", the answer scores {(verdict.correct, verdict.score.rule, verdict.score.normalized)}")
     return out
 
 
 def _check_tokens(record: RunRecord, tokenizer: Any, strict: bool) -> list[str]:
     out = _check_text_spans(record, strict)
+    vocab = len(tokenizer)
+    for name in ("token_ids", "prompt_token_ids"):
+        bad = [t for t in getattr(record, name) if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+        if bad:
+            out.append(f"{name} has {len(bad)} id(s) outside the vocabulary of {vocab} (first {bad[0]!r})")
+            return out
     trace = analyze_trace(tokenizer, record.token_ids, record.gold_answer, strict)
     if trace.text != record.text:
         out.append("text != decode(token_ids)")
         return out
     offsets = TokenOffsets.build(tokenizer, record.token_ids)
     for span in record.step_spans:
-        expected = offsets.span(span["char_start"], span["char_end"])
+        try:
+            expected = offsets.span(span["char_start"], span["char_end"])
+        except ValueError as err:
+            out.append(f"step {span['step_idx']}: {err}")
+            continue
         if (span["tok_start"], span["tok_end"]) != expected:
             out.append(f"step {span['step_idx']}: tokens [{span['tok_start']}, {span['tok_end']}) are not the "
                        f"smallest cover [{expected[0]}, {expected[1]})")
     recorded = record.final_answer_span
     fresh = trace.final_answer_span
     if (recorded is None) != (fresh is None) or (
-        fresh is not None and (recorded["tok_start"], recorded["tok_end"]) != (fresh.tok_start, fresh.tok_end)
+        fresh is not None and (recorded.get("tok_start"), recorded.get("tok_end")) != (fresh.tok_start, fresh.tok_end)
     ):
         out.append("final_answer_span is not the smallest token cover of the final answer")
-    if trace.correct != record.correct:
-        out.append(f"correct is {record.correct} but the answer scores {trace.correct}")
     return out
 
 
@@ -188,31 +218,45 @@ def _check_pairs(root: Path, runs: list[RunLine], settings: dict[str, Any],
         except (json.JSONDecodeError, TypeError) as err:
             found.append(Violation(artifacts.PAIRS_FILE, number, f"not a pair record ({err})"))
             continue
+        try:
+            _check_pair(pair, number, by_offset, settings, found)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            found.append(Violation(artifacts.PAIRS_FILE, number, f"malformed pair record ({type(err).__name__}: {err})"))
+            continue
         pairs.append(pair)
-        for role, ref in (("correct", pair.correct_ref), ("incorrect", pair.incorrect_ref)):
-            record = by_offset.get(ref.get("runs_offset"))
-            if record is None or (record.id, record.attempt) != (pair.id, ref.get("attempt")):
-                found.append(Violation(artifacts.PAIRS_FILE, number,
-                                       f"{pair.id}: {role}_ref runs_offset {ref.get('runs_offset')} is not the line "
-                                       f"of attempt {ref.get('attempt')}"))
-                continue
-            if role == "correct" and not record.correct:
-                found.append(Violation(artifacts.PAIRS_FILE, number, f"{pair.id}: correct_ref is not correct"))
-            if role == "incorrect" and (record.correct or not (record.parse_ok or settings.get("pair_unparsed"))):
-                found.append(Violation(artifacts.PAIRS_FILE, number,
-                                       f"{pair.id}: incorrect_ref is not a parsed incorrect attempt"))
-            if role == "correct" and record.correct:
-                expected = select_steps(parse_trace(record.text, strict=bool(settings.get("strict_format"))))
-                got = (pair.steps_selected["early"]["step_idx"], pair.steps_selected["late"]["step_idx"])
-                if expected != got:
-                    found.append(Violation(artifacts.PAIRS_FILE, number,
-                                           f"{pair.id}: steps_selected {got}, the rule gives {expected}"))
-    expected_ids = [p.id for p in artifacts.build_pairs(runs, {}, bool(settings.get("pair_unparsed")),
-                                                       bool(settings.get("strict_format")))]
+    try:
+        expected_ids = [p.id for p in artifacts.build_pairs(runs, {}, bool(settings.get("pair_unparsed")),
+                                                           bool(settings.get("strict_format")))]
+    except artifacts.ArtifactError as err:
+        found.append(Violation(artifacts.RUNS_FILE, 0, str(err)))
+        return pairs
     if [p.id for p in pairs] != expected_ids:
         found.append(Violation(artifacts.PAIRS_FILE, 0, f"pairs {[p.id for p in pairs]} but runs.jsonl pairs "
                                                         f"{expected_ids}"))
     return pairs
+
+
+def _check_pair(pair: PairRecord, number: int, by_offset: dict[int, RunRecord], settings: dict[str, Any],
+                found: list[Violation]) -> None:
+    """Check one pair's references, labels and step selection against runs.jsonl."""
+    for role, ref in (("correct", pair.correct_ref), ("incorrect", pair.incorrect_ref)):
+        record = by_offset.get(ref.get("runs_offset"))
+        if record is None or (record.id, record.attempt) != (pair.id, ref.get("attempt")):
+            found.append(Violation(artifacts.PAIRS_FILE, number,
+                                   f"{pair.id}: {role}_ref runs_offset {ref.get('runs_offset')} is not the line "
+                                   f"of attempt {ref.get('attempt')}"))
+            continue
+        if role == "correct" and not record.correct:
+            found.append(Violation(artifacts.PAIRS_FILE, number, f"{pair.id}: correct_ref is not correct"))
+        if role == "incorrect" and (record.correct or not (record.parse_ok or settings.get("pair_unparsed"))):
+            found.append(Violation(artifacts.PAIRS_FILE, number,
+                                   f"{pair.id}: incorrect_ref is not a parsed incorrect attempt"))
+        if role == "correct" and record.correct:
+            expected = select_steps(parse_trace(record.text, strict=bool(settings.get("strict_format"))))
+            got = (pair.steps_selected["early"]["step_idx"], pair.steps_selected["late"]["step_idx"])
+            if expected != got:
+                found.append(Violation(artifacts.PAIRS_FILE, number,
+                                       f"{pair.id}: steps_selected {got}, the rule gives {expected}"))
 
 
 def _check_derived(root: Path, runs: list[RunLine], pairs: list[PairRecord]) -> list[Violation]:
@@ -232,7 +276,14 @@ def _check_derived(root: Path, runs: list[RunLine], pairs: list[PairRecord]) -> 
     if not summary_path.is_file():
         out.append(Violation(artifacts.SUMMARY_FILE, 0, "missing"))
         return out
-    summary = json.loads(summary_path.read_text("utf-8"))
+    try:
+        summary = json.loads(summary_path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        out.append(Violation(artifacts.SUMMARY_FILE, 0, f"not valid JSON ({err})"))
+        return out
+    if not isinstance(summary, dict):
+        out.append(Violation(artifacts.SUMMARY_FILE, 0, "not a JSON object"))
+        return out
     for key, value in artifacts.build_summary(runs, pairs).items():
         if summary.get(key) != value:
             out.append(Violation(artifacts.SUMMARY_FILE, 0, f"{key} is {summary.get(key)!r}, runs give {value!r}"))

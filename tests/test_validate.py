@@ -52,7 +52,7 @@ def _token(record):
     (0, _span, "are not the smallest cover"),
     (1, _step_text, "differs from text[char_start:char_end]"),
     (0, _token, "text != decode(token_ids)"),
-    (1, _set("correct", False), "correct is False but the answer scores True"),
+    (1, _set("correct", False), "label (correct, rule, normalized) is (False"),
     (0, _set("top_p", 0.9), "top_p 0.9 differs"),
 ])
 def test_corrupted_runs_are_reported_with_their_line(tiny, good, index, edit, message):

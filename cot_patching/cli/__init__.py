@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cot_patching.cli import build_sample, cache_activations, mine, reproduce, validate
+from cot_patching.cli import build_sample, cache_activations, mine, repair, reproduce, validate
 
 app = typer.Typer(
     name="cot-patching",
@@ -18,6 +18,7 @@ app.command("reproduce")(reproduce.reproduce_command)
 app.command("build-sample")(build_sample.build_sample_command)
 app.command("cache-activations")(cache_activations.cache_activations_command)
 app.command("validate")(validate.validate_command)
+app.command("repair")(repair.repair_command)
 
 
 def main() -> None:

@@ -22,11 +22,14 @@ def cache_activations_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing cache in --out."),
     verify_hashes: bool = typer.Option(False, "--verify-hashes", help="Re-hash cached files on a rerun."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    model: Optional[str] = typer.Option(None, "--model", help="The run's model at another path or id (its "
+                                        "identity must match the manifest).  [default: the recorded one]"),
 ) -> None:
     """Run the mining model on prompt + trace of both traces of each pair; save residuals at the selected steps."""
     from cot_patching import artifacts
     from cot_patching.activations import CacheSettings, cache_activations, parse_layers
-    from cot_patching.models import load_model
+    from cot_patching.cli.run_model import echo_model, run_model
+    from cot_patching.models import check_loaded_identity, load_model
 
     with clear_errors():
         root = Path(results)
@@ -34,9 +37,12 @@ def cache_activations_command(
         settings_json = manifest.get("settings", {})
         recorded = manifest.get("model") or {}
         artifacts.load_pairs(root)  # fail on a broken results dir before loading a model
-        model = load_model(settings_json["model"], device=device or recorded.get("device"),
+        found = run_model(root, model)
+        echo_model(found.spec)
+        model = load_model(found.spec, device=device or recorded.get("device"),
                            dtype=recorded.get("dtype"), fallback=False,
                            backend=backend or artifacts.recorded_backend(root))
+        check_loaded_identity(model.info, recorded)
         store_dtype = dtype or ("bf16" if model.info.dtype == "bfloat16" else "fp32")
         settings = CacheSettings(
             layers=parse_layers(layers, model.info.n_layers),
@@ -45,7 +51,8 @@ def cache_activations_command(
             dtype=store_dtype,
         )
         report = cache_activations(
-            model, root, Path(out) if out else root / "activations", settings, model.info.to_json(),
+            model, root, Path(out) if out else root / "activations", settings,
+            {**model.info.to_json(), "name": found.recorded_name},
             strict_format=bool(settings_json.get("strict_format")), overwrite=overwrite,
             verify_hashes=verify_hashes, progress=progress,
         )

@@ -19,10 +19,13 @@ def reproduce_command(
     device: Optional[str] = typer.Option(None, help="Device to replay on.  [default: the run's]"),
     dtype: Optional[str] = typer.Option(None, help="dtype to replay in.  [default: the run's]"),
     backend: Optional[str] = typer.Option(None, help="bridge or hooked.  [default: the run's]"),
+    model: Optional[str] = typer.Option(None, "--model", help="The run's model at another path or id (its "
+                                        "identity must match the manifest).  [default: the recorded one]"),
 ) -> None:
     """Replay attempts from their logged model, prompt ids, T, top-p, max tokens and seed."""
     from cot_patching import artifacts
-    from cot_patching.models import load_model
+    from cot_patching.cli.run_model import echo_model, run_model
+    from cot_patching.models import check_loaded_identity, load_model
     from cot_patching.replay import replay_attempt
 
     with clear_errors():
@@ -47,18 +50,22 @@ def reproduce_command(
         if not records:
             typer.echo("no pairs to replay")
             return
-        recorded_model = artifacts.load_manifest(root).get("model") or {}
+        found = run_model(root, model)
+        recorded_model = found.recorded
         model_names = {r.model for r in records}
-        if len(model_names) != 1:
-            raise artifacts.ArtifactError(f"attempts come from several models: {sorted(model_names)}")
+        if model_names != {found.recorded_name}:
+            raise artifacts.ArtifactError(f"attempts come from models {sorted(model_names)}, the run from "
+                                          f"{found.recorded_name!r}")
         mined_backend = artifacts.recorded_backend(root)
+        echo_model(found.spec)
         loaded = load_model(
-            model_names.pop(),
+            found.spec,
             device=device or recorded_model.get("device"),
             dtype=dtype or recorded_model.get("dtype"),
             fallback=False,
             backend=backend or mined_backend,
         )
+        check_loaded_identity(loaded.info, recorded_model)
         if loaded.info.backend != mined_backend:
             typer.echo(f"warning: the run was mined on the {mined_backend} backend, this replay "
                        f"uses {loaded.info.backend}; tokens can differ", err=True)
@@ -67,9 +74,6 @@ def reproduce_command(
         if mined_path and mined_path != loaded.decode_path:
             typer.echo(f"warning: the run was decoded on the {mined_path} path, this replay uses "
                        f"{loaded.decode_path}; tokens can differ", err=True)
-        if recorded_model.get("revision") and loaded.info.revision != recorded_model["revision"]:
-            typer.echo(f"warning: model revision {loaded.info.revision} differs from the run's "
-                       f"{recorded_model['revision']}", err=True)
         failures = 0
         for record in records:
             result = replay_attempt(loaded, record)

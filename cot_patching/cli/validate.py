@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -13,9 +14,14 @@ def validate_command(
     outdir: str = typer.Argument(..., help="A mining output directory."),
     tokens: bool = typer.Option(True, "--tokens/--no-tokens",
                                 help="Load the run's tokenizer to check decode and token spans."),
+    model: Optional[str] = typer.Option(None, "--model", help="The run's model at another path or id (its "
+                                        "identity must match the manifest).  [default: the recorded one]"),
+    math_verify: bool = typer.Option(False, "--math-verify", help="Also list the parsed attempts whose label "
+                                     "HF math-verify disagrees with (a second opinion, not a violation)."),
 ) -> None:
     """Print each violation as FILE:LINE: message; exit 1 if there is any."""
     from cot_patching import artifacts
+    from cot_patching.cli.run_model import check_tokenizer, run_model
     from cot_patching.models import load_tokenizer, resolve_model
     from cot_patching.validate import validate_outdir
 
@@ -25,15 +31,24 @@ def validate_command(
             raise artifacts.ArtifactError(f"{root} is not a directory")
         tokenizer = None
         if tokens:
-            model = artifacts.load_manifest(root).get("settings", {}).get("model")
-            if model is None:
-                raise artifacts.ArtifactError(f"{root}/{artifacts.MANIFEST_FILE} names no model")
-            tokenizer = load_tokenizer(resolve_model(model))
+            found = run_model(root, model)
+            tokenizer = load_tokenizer(resolve_model(found.spec))
+            check_tokenizer(root, found, tokenizer)
         violations = validate_outdir(root, tokenizer)
+        disagreements = []
+        if math_verify:
+            from cot_patching.crosscheck import cross_check
+
+            runs = artifacts.read_runs(root / artifacts.RUNS_FILE) if not violations else []
+            disagreements = cross_check(line.record for line in runs)
     for violation in violations:
         typer.echo(str(violation))
-    n_runs = len(artifacts.read_runs(root / artifacts.RUNS_FILE)) if (root / artifacts.RUNS_FILE).is_file() else 0
+    for disagreement in disagreements:
+        typer.echo(str(disagreement))
+    if math_verify and not violations:
+        typer.echo(f"math-verify: {len(disagreements)} disagreement(s) with our labels")
     if violations:
         typer.echo(f"{len(violations)} violation(s) in {root}", err=True)
         raise typer.Exit(code=1)
+    n_runs = len(artifacts.read_runs(root / artifacts.RUNS_FILE))
     typer.echo(f"OK: {root} ({n_runs} runs) satisfies every checked invariant")

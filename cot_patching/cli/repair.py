@@ -1,0 +1,40 @@
+"""`cot-patching repair`: relabel a run under the current trace rules; set aside what a fresh run would not write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cot_patching.cli.errors import clear_errors
+
+
+def repair_command(
+    outdir: str = typer.Argument(..., help="A mining output directory."),
+    model: Optional[str] = typer.Option(None, "--model", help="The run's model at another path or id (its "
+                                        "identity must match the manifest).  [default: the recorded one]"),
+) -> None:
+    """Recompute spans, parses and labels from the token ids (which never change), re-apply the stop rule, rewrite
+    pairs/csv/summary, and record the repair in the manifest. Attempts a fresh run would not have made, and damaged
+    lines, move to runs.set-aside.jsonl; nothing is deleted."""
+    from cot_patching import artifacts
+    from cot_patching.cli.run_model import check_tokenizer, run_model
+    from cot_patching.models import load_tokenizer, resolve_model
+    from cot_patching.repair import repair_run
+
+    with clear_errors():
+        root = Path(outdir)
+        if not (root / artifacts.MANIFEST_FILE).is_file():
+            raise artifacts.ArtifactError(f"{root} has no {artifacts.MANIFEST_FILE}: not a mining output directory")
+        found = run_model(root, model)
+        tokenizer = load_tokenizer(resolve_model(found.spec))
+        check_tokenizer(root, found, tokenizer)
+        report = repair_run(root, tokenizer)
+    typer.echo(f"{root}: {report.runs_before} attempts read, {report.relabelled} relabelled, "
+               f"{report.respanned} with new spans; pairs {report.pairs_before} -> {report.pairs_after}")
+    for line in report.set_aside:
+        typer.echo(f"set aside ({artifacts.SET_ASIDE_FILE}): {line}")
+    if report.reopened:
+        typer.echo(f"{len(report.reopened)} problem(s) have no pair and tries left: {', '.join(report.reopened)}; "
+                   "rerun the run's `mine` command (same hardware and software) to decode them")

@@ -1,0 +1,73 @@
+"""Find a results directory's model for the commands that load it again: the recorded one or `--model`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """The model spec to load for a run, the identity the run recorded, and the run's own name for it."""
+
+    spec: str
+    recorded: dict[str, Any]
+    recorded_name: str
+
+
+def run_model(root: Path, override: str | None) -> RunModel:
+    """`--model` if given, else the recorded model (or its recorded absolute path); identity checked for files."""
+    from cot_patching import artifacts
+    from cot_patching.models import ModelLoadError, check_identity, resolve_model
+
+    manifest = artifacts.load_manifest(root)
+    name = (manifest.get("settings") or {}).get("model")
+    if not isinstance(name, str):
+        raise artifacts.ArtifactError(f"{root}/{artifacts.MANIFEST_FILE} names no model")
+    recorded = manifest.get("model") or {}
+    candidates = [override] if override else [name, recorded.get("path")]
+    for spec in candidates:
+        if not spec:
+            continue
+        try:
+            source = resolve_model(spec)
+        except ModelLoadError:
+            if override:
+                raise
+            continue
+        check_identity(source, recorded)
+        if source.kind in ("gguf", "embedded"):
+            spec = str(Path(str(source.path)) / str(source.gguf_file))
+        return RunModel(spec=spec, recorded=recorded, recorded_name=name)
+    raise ModelLoadError(
+        f"the run's model {name!r} is not found from {Path.cwd()}; pass --model PATH_OR_ID "
+        f"(it must have the recorded identity {recorded.get('revision') or recorded.get('tokenizer_sha256')})"
+    )
+
+
+def echo_model(spec: str) -> None:
+    """Say which model file or id this command uses (stderr, so stdout stays the command's result)."""
+    path = Path(spec)
+    typer.echo(f"model: {path.resolve() if path.exists() else spec}", err=True)
+
+
+def check_tokenizer(root: Path, found: RunModel, tokenizer: Any) -> None:
+    """Refuse a tokenizer whose hash differs from the run's under the same transformers/tokenizers versions; warn
+    when the versions differ too (the hash covers their serialization, which changes between releases)."""
+    from cot_patching import artifacts
+    from cot_patching.models import tokenizer_sha256
+
+    expected = found.recorded.get("tokenizer_sha256")
+    if not expected or tokenizer_sha256(tokenizer) == expected:
+        return
+    sessions = artifacts.load_manifest(root).get("sessions") or [{}]
+    mined = (sessions[-1].get("environment") or {}).get("versions") or {}
+    now = artifacts.environment_facts()["versions"]
+    changed = [f"{k} {mined.get(k)} -> {now.get(k)}" for k in ("transformers", "tokenizers") if mined.get(k) != now.get(k)]
+    if not changed:
+        raise artifacts.ArtifactError(f"the tokenizer of {found.spec} is not the run's (tokenizer_sha256 differs)")
+    typer.echo(f"warning: tokenizer hash differs from the run's, with {', '.join(changed)}; every decode is "
+               "checked against the recorded text", err=True)
