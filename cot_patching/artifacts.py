@@ -235,7 +235,8 @@ def build_pairs(
     pair_unparsed: bool = False,
     strict_format: bool = False,
 ) -> list[PairRecord]:
-    """One pair record per problem whose attempts contain a pair, in first-attempt order."""
+    """One pair record per problem whose attempts contain a pair, in the order of `questions` (the problems file),
+    then of first attempts for problems it lacks; so a resumed run lists its pairs as a run mined in one go."""
     pairs = []
     for problem_id, lines in group_by_problem(runs).items():
         found = find_pair([line.record for line in lines], pair_unparsed)
@@ -257,7 +258,8 @@ def build_pairs(
             decode_config={"top_p": correct.record.top_p, "max_new_tokens": correct.record.max_new_tokens},
             n_attempts=len(lines),
         ))
-    return pairs
+    order = {problem_id: index for index, problem_id in enumerate(questions)}
+    return sorted(pairs, key=lambda pair: order.get(pair.id, len(order)))
 
 
 def pairs_csv(pairs: Sequence[PairRecord]) -> str:

@@ -230,7 +230,7 @@ def _check_pairs(root: Path, runs: list[RunLine], settings: dict[str, Any],
     except artifacts.ArtifactError as err:
         found.append(Violation(artifacts.RUNS_FILE, 0, str(err)))
         return pairs
-    if [p.id for p in pairs] != expected_ids:
+    if sorted(p.id for p in pairs) != sorted(expected_ids):
         found.append(Violation(artifacts.PAIRS_FILE, 0, f"pairs {[p.id for p in pairs]} but runs.jsonl pairs "
                                                         f"{expected_ids}"))
     return pairs

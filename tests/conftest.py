@@ -65,7 +65,22 @@ def llama3_tokenizer() -> Any:
     return tokenizer
 
 
-@pytest.fixture(scope="session", params=["smollm2", "mistral", "llama3"])
+@pytest.fixture(scope="session")
+def qwen_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Qwen2.5's byte-level BPE tokenizer (that of the committed Qwen2.5-Coder runs), from tests/data."""
+    import lzma
+
+    from transformers import AutoTokenizer
+
+    source = Path(__file__).parent / "data" / "qwen2.5-tokenizer"
+    folder = tmp_path_factory.mktemp("qwen")
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(source / name, folder / name)
+    (folder / "tokenizer.json").write_bytes(lzma.decompress((source / "tokenizer.json.xz").read_bytes()))
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="session", params=["smollm2", "mistral", "llama3", "qwen"])
 def any_tokenizer(request: pytest.FixtureRequest) -> Any:
     """Each real tokenizer family in turn."""
     return request.getfixturevalue(f"{request.param}_tokenizer")

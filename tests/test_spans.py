@@ -90,3 +90,34 @@ def test_span_outside_text_is_rejected(smollm2_tokenizer):
     ids = smollm2_tokenizer("abc", add_special_tokens=False)["input_ids"]
     with pytest.raises(ValueError):
         token_spans(smollm2_tokenizer, ids, [(0, 99)])
+
+
+# svamp-chal-575 attempt 2 (svamp-sample h100): the step header is a bulleted, indented list line; and its
+# neighbours. Each span must start at the header line's first non-whitespace character and end on a
+# non-whitespace one, and its token range must be the minimal cover on every real tokenizer.
+HEADER_LINES = [
+    "   - Step 1: Multiply 71 by 24.\n     \\[\n     71 \\times 24 = 1704\n     \\]",
+    "   Step 1: Multiply 71 by 24.",
+    "\t* **Step 1:** Multiply 71 by 24.",
+    "1. **Step 1: Multiply** 71 by 24.",
+    "> Step 1: Multiply 71 by 24.",
+    "  > - ### Step 1: Multiply 71 by 24.",
+]
+
+
+@pytest.mark.parametrize("line", HEADER_LINES)
+def test_decorated_and_indented_headers_span_from_first_non_whitespace(any_tokenizer, line):
+    text = f"Here's the reasoning:\n\n{line}\n\n   Step 2: 1704 pencils.\n\n2. **Final Answer:** 1704"
+    ids = any_tokenizer(text, add_special_tokens=False)["input_ids"]
+    decoded = decode_tokens(any_tokenizer, ids)
+    parsed = parse_trace(decoded)
+    assert len(parsed.steps) == 2, parsed.steps
+    first = parsed.steps[0]
+    assert first.text == line.strip()
+    assert parsed.steps[1].text == "Step 2: 1704 pencils."
+    for step in parsed.steps:
+        assert not step.text[0].isspace() and not step.text[-1].isspace()
+        assert decoded[step.char_start - 1] in "\n \t"
+    char_spans = [(s.char_start, s.char_end) for s in parsed.steps]
+    for (a, b), span in zip(char_spans, token_spans(any_tokenizer, ids, char_spans)):
+        _check_minimal_cover(any_tokenizer, ids, decoded, a, b, span)
