@@ -145,6 +145,7 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
     result = miner.mine(problems, loaded, settings, options.outdir, min_pairs=options.min_pairs,
                         manifest=manifest, overwrite=overwrite, progress=progress)
     print_summary(result.summary, options, backend, resumed_from=result.resumed_from)
+    print_next_steps(Path(options.outdir), result.pairs)
 
 
 def print_summary(summary: dict[str, Any], options: MineOptions, backend: str, resumed_from: int = 0) -> None:
@@ -170,3 +171,25 @@ def print_summary(summary: dict[str, Any], options: MineOptions, backend: str, r
         counts = summary["temperatures_by_outcome"][outcome]
         table.add_row(f"{outcome} by T", ", ".join(f"T={t}: {n}" for t, n in counts.items()) or "-")
     Console().print(table)
+
+
+def print_next_steps(outdir: Path, pairs: list[Any]) -> None:
+    """Where the first pair is, its two final answers, and the commands that come next."""
+    from cot_patching import artifacts
+
+    if not pairs:
+        typer.echo(f"no pair yet in {outdir}: rerun the same command to resume, or give more problems / tries")
+        return
+    first = artifacts.load_pairs(outdir)[0]
+    typer.echo(f"first pair: {first.id} (gold {first.pair.gold_answer}) in {outdir / artifacts.PAIRS_FILE}")
+    for which in ("correct", "incorrect"):
+        run = first.trace(which)
+        typer.echo(f"  {which:9s} attempt {run.attempt} (T={run.temperature}): Final Answer {run.final_answer!r} "
+                   f"-> {run.normalized_answer} [{run.score_rule}], {len(run.step_spans)} steps")
+    steps = first.pair.steps_selected
+    typer.echo(f"  selected steps of the correct trace: early {steps['early']['step_idx']}, "
+               f"late {steps['late']['step_idx']}")
+    typer.echo("next:")
+    typer.echo(f"  cot-patching reproduce --outdir {outdir} --all-pairs      # replay both traces token for token")
+    typer.echo(f"  cot-patching validate {outdir}                            # check every invariant")
+    typer.echo(f"  cot-patching cache-activations --results {outdir} --layers 0,12,23   # residuals at the steps")
