@@ -1,11 +1,16 @@
-"""Decode speed at batch size 1: the project's sampler vs HF `generate` vs TransformerLens `generate`.
+"""Decode speed at batch size 1: the project's sampler vs the peer a user would pick, plain Hugging Face `generate`.
+
+The peer is `generate` on a PLAIN Hugging Face model (not the one the TransformerLens bridge wraps, whose modules
+carry hook wrappers), in its two documented configurations: eager (dynamic cache) and its fastest documented path,
+a static cache with the forward compiled by `torch.compile(mode="reduce-overhead", fullgraph=True)`. Ratios are
+against each of them. `generate` on the bridged model and TransformerLens `generate` are extra rows, not peers.
 
 Settings:
   cpu     the embedded SmolLM2-135M-Instruct, fp32, CPU
   cuda    a random-weight model of exactly Llama-3.1-8B's architecture, bf16, built on the GPU from its config
   mining  end-to-end mining throughput (attempts/min, tokens/s incl. parsing and writing) on the embedded model
 
-All three decoders run in ONE process, interleaved over repeats, T=0.7, top-p 0.95, EOS ignored.
+All decoders run in ONE process on the same weights, interleaved over repeats, T=0.7, top-p 0.95, EOS ignored.
 """
 
 from __future__ import annotations
@@ -63,8 +68,8 @@ def llama3_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(folder)
 
 
-def random_llama31_8b(tokenizer_path: Path) -> LoadedModel:
-    """Random bf16 weights of Llama-3.1-8B's shape on the GPU, wrapped like any mined model."""
+def random_llama31_8b_hf() -> Any:
+    """A plain Hugging Face Llama with random bf16 weights of Llama-3.1-8B's shape on the GPU (seed 0)."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -72,7 +77,13 @@ def random_llama31_8b(tokenizer_path: Path) -> LoadedModel:
         hf = LlamaForCausalLM._from_config(llama31_8b_config(), dtype=torch.bfloat16)
     for parameter in hf.parameters():
         parameter.data.normal_(0.0, 0.02)
-    return from_hf_model(hf.eval(), llama3_tokenizer(tokenizer_path), name="random-Llama-3.1-8B-architecture")
+    return hf.eval()
+
+
+def random_llama31_8b(tokenizer_path: Path) -> LoadedModel:
+    """Random bf16 weights of Llama-3.1-8B's shape on the GPU, wrapped like any mined model."""
+    return from_hf_model(random_llama31_8b_hf(), llama3_tokenizer(tokenizer_path),
+                         name="random-Llama-3.1-8B-architecture")
 
 
 def synchronize() -> None:
@@ -89,22 +100,29 @@ def time_call(fn: Callable[[], int]) -> tuple[float, int]:
     return time.perf_counter() - start, n_tokens
 
 
-def decoders(model: LoadedModel, prompt_ids: list[int], new_tokens: int) -> dict[str, Callable[[], int]]:
-    """The three decoders, each returning how many new tokens it made (EOS ignored)."""
+PLAIN_EAGER = "HF generate, plain model, eager"
+PLAIN_COMPILED = "HF generate, plain model, static cache + torch.compile"
+
+
+def decoders(model: LoadedModel, prompt_ids: list[int], new_tokens: int, plain_hf: Any | None,
+             extras: bool, tl_generate_row: bool = False) -> dict[str, Callable[[], int]]:
+    """The decoders, each returning how many new tokens it made (EOS ignored)."""
     no_eos = dataclasses.replace(model, stop_token_ids=frozenset())
     config = DecodeConfig(0.7, 0.95, new_tokens)
-    hf = model.model.original_model
     input_ids = torch.tensor([prompt_ids], device=model.device)
     seeds = iter(range(10**6))
+    sampling = dict(do_sample=True, temperature=0.7, top_p=0.95, top_k=0, max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens, pad_token_id=0)
 
     def project() -> int:
         return len(sample(no_eos, prompt_ids, config, seed=next(seeds)).token_ids)
 
-    @torch.inference_mode()
-    def hf_generate() -> int:
-        out = hf.generate(input_ids, do_sample=True, temperature=0.7, top_p=0.95, top_k=0,
-                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
-        return out.shape[1] - input_ids.shape[1]
+    def hf_generate(hf: Any, **kwargs: Any) -> Callable[[], int]:
+        @torch.inference_mode()
+        def run() -> int:
+            out = hf.generate(input_ids, **sampling, **kwargs)
+            return out.shape[1] - input_ids.shape[1]
+        return run
 
     @torch.inference_mode()
     def tl_generate() -> int:
@@ -112,7 +130,25 @@ def decoders(model: LoadedModel, prompt_ids: list[int], new_tokens: int) -> dict
                                    temperature=0.7, top_p=0.95, use_past_kv_cache=True, verbose=False)
         return out.shape[1] - input_ids.shape[1]
 
-    return {"cot-patching sampler": project, "HF generate": hf_generate, "TransformerLens generate": tl_generate}
+    fns: dict[str, Callable[[], int]] = {"cot-patching sampler": project}
+    if plain_hf is not None:
+        fns[PLAIN_EAGER] = hf_generate(plain_hf)
+        compiled = copy_for_compile(plain_hf)
+        fns[PLAIN_COMPILED] = hf_generate(compiled, cache_implementation="static")
+    if extras or plain_hf is None:
+        fns["HF generate on the bridged model (extra)"] = hf_generate(model.model.original_model)
+    if tl_generate_row or plain_hf is None:
+        fns["TransformerLens generate (extra)"] = tl_generate
+    return fns
+
+
+def copy_for_compile(hf: Any) -> Any:
+    """The same plain model (weights shared) with its forward compiled as HF's docs show for a static cache."""
+    import copy
+
+    twin = copy.copy(hf)
+    twin.forward = torch.compile(hf.forward, mode="reduce-overhead", fullgraph=True)
+    return twin
 
 
 def copy_bandwidth(n_bytes: int = 2 << 30) -> float:
@@ -143,10 +179,12 @@ def bytes_per_token(model: LoadedModel, context: int) -> int:
     return weights + kv
 
 
-def run_decode(model: LoadedModel, repeats: int, new_tokens: int, device_name: str) -> None:
+def run_decode(model: LoadedModel, repeats: int, new_tokens: int, device_name: str, plain_hf: Any | None = None,
+               extras: bool = True, tl_generate_row: bool = False) -> None:
     prompt = encode_prompt(model.tokenizer, build_prompt(QUESTION)).token_ids
-    fns = decoders(model, prompt, new_tokens)
-    for fn in fns.values():  # warm-up, also compiles / allocates
+    fns = decoders(model, prompt, new_tokens, plain_hf, extras, tl_generate_row)
+    for fn in fns.values():  # warm-up (twice: compiles, captures CUDA graphs, allocates)
+        fn()
         fn()
     results: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
@@ -154,14 +192,20 @@ def run_decode(model: LoadedModel, repeats: int, new_tokens: int, device_name: s
             seconds, n_tokens = time_call(fn)
             assert n_tokens == new_tokens, (name, n_tokens)
             results[name].append(n_tokens / seconds)
-    base = statistics.median(results["HF generate"])
+    import transformers
+
+    peers = [name for name in (PLAIN_EAGER, PLAIN_COMPILED) if name in results] or list(results)[1:2]
     print(f"device: {device_name}; model: {model.info.name} ({model.info.dtype}); prompt {len(prompt)} tokens, "
-          f"{new_tokens} new tokens, T=0.7 top-p 0.95, {repeats} interleaved repeats; torch {torch.__version__}")
-    print(f"{'decoder':28s} {'tok/s (median)':>15s} {'min':>8s} {'max':>8s} {'ms/token':>9s} {'vs HF':>7s}")
+          f"{new_tokens} new tokens, T=0.7 top-p 0.95, batch size 1, {repeats} interleaved repeats; "
+          f"torch {torch.__version__}, transformers {transformers.__version__}")
+    header = "".join(f" {'vs ' + str(i + 1):>7s}" for i in range(len(peers)))
+    print(f"{'decoder':56s} {'tok/s (median)':>15s} {'min':>8s} {'max':>8s} {'ms/token':>9s}{header}")
     for name, rates in results.items():
         median = statistics.median(rates)
-        print(f"{name:28s} {median:15.2f} {min(rates):8.2f} {max(rates):8.2f} {1000 / median:9.2f} "
-              f"{median / base:6.2f}x")
+        ratios = "".join(f" {median / statistics.median(results[p]):6.2f}x" for p in peers)
+        print(f"{name:56s} {median:15.2f} {min(rates):8.2f} {max(rates):8.2f} {1000 / median:9.2f}{ratios}")
+    for i, peer in enumerate(peers):
+        print(f"peer {i + 1}: {peer}")
     if model.device.type == "cuda":
         bandwidth = copy_bandwidth()
         per_token = bytes_per_token(model, len(prompt) + new_tokens // 2)
@@ -169,7 +213,7 @@ def run_decode(model: LoadedModel, repeats: int, new_tokens: int, device_name: s
         print(f"bandwidth bound: {per_token / 1e9:.2f} GB read per token / {bandwidth / 1e12:.2f} TB/s copy "
               f"bandwidth = {ideal_ms:.2f} ms/token")
         for name, rates in results.items():
-            print(f"{name:28s} reaches {100 * ideal_ms / (1000 / statistics.median(rates)):5.1f}% of the bound")
+            print(f"{name:56s} reaches {100 * ideal_ms / (1000 / statistics.median(rates)):5.1f}% of the bound")
 
 
 def run_mining(n_problems: int, max_tries: int, new_tokens: int) -> None:
@@ -199,6 +243,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--llama3-tokenizer", type=Path, default=None,
                         help="Llama-3 tokenizer.model (tiktoken) for the cuda setting; default: from llama-models")
+    parser.add_argument("--extras", action="store_true",
+                        help="also time HF generate on the bridged model (hook wrappers in its modules)")
+    parser.add_argument("--tl-generate", action="store_true", help="also time TransformerLens generate")
     parser.add_argument("--problems", type=int, default=3, help="mining setting: problems")
     parser.add_argument("--max-tries", type=int, default=2, help="mining setting: attempts per problem")
     args = parser.parse_args()
@@ -206,8 +253,12 @@ def main() -> None:
         run_mining(args.problems, args.max_tries, args.new_tokens)
         return
     if args.setting == "cpu":
+        from cot_patching.models import EMBEDDED, load_hf_model, resolve_model
+
+        plain = load_hf_model(resolve_model(EMBEDDED), torch.device("cpu"), torch.float32).eval()
         model = load_model("embedded", device="cpu")
-        run_decode(model, args.repeats, args.new_tokens, f"CPU ({torch.get_num_threads()} threads)")
+        run_decode(model, args.repeats, args.new_tokens, f"CPU ({torch.get_num_threads()} threads)", plain_hf=plain,
+                   extras=args.extras, tl_generate_row=args.tl_generate)
         return
     path = args.llama3_tokenizer
     if path is None:
@@ -215,8 +266,10 @@ def main() -> None:
 
         spec = importlib.util.find_spec("llama_models")
         path = Path(next(iter(spec.submodule_search_locations))) / "llama3" / "tokenizer.model"
+    plain = random_llama31_8b_hf()  # the peer's model: plain HF, same seed, same weights as the bridged one
     model = random_llama31_8b(path)
-    run_decode(model, args.repeats, args.new_tokens, torch.cuda.get_device_name(0))
+    run_decode(model, args.repeats, args.new_tokens, torch.cuda.get_device_name(0), plain_hf=plain,
+               extras=args.extras, tl_generate_row=args.tl_generate)
 
 
 if __name__ == "__main__":
