@@ -2,8 +2,8 @@
 
 The peer is `generate` on a PLAIN Hugging Face model (not the one the TransformerLens bridge wraps, whose modules
 carry hook wrappers), in its two documented configurations: eager (dynamic cache) and its fastest documented path,
-a static cache with the forward compiled by `torch.compile(mode="reduce-overhead", fullgraph=True)`. Ratios are
-against each of them. `generate` on the bridged model and TransformerLens `generate` are extra rows, not peers.
+a static cache, with which `generate` compiles the forward itself (transformers 5 auto-compiles on CUDA when the
+cache is static; compiling `forward` by hand on top of that breaks its CUDA graphs). Ratios are against each. `generate` on the bridged model and TransformerLens `generate` are extra rows, not peers.
 
 Settings:
   cpu     the embedded SmolLM2-135M-Instruct, fp32, CPU
@@ -133,22 +133,12 @@ def decoders(model: LoadedModel, prompt_ids: list[int], new_tokens: int, plain_h
     fns: dict[str, Callable[[], int]] = {"cot-patching sampler": project}
     if plain_hf is not None:
         fns[PLAIN_EAGER] = hf_generate(plain_hf)
-        compiled = copy_for_compile(plain_hf)
-        fns[PLAIN_COMPILED] = hf_generate(compiled, cache_implementation="static")
+        fns[PLAIN_COMPILED] = hf_generate(plain_hf, cache_implementation="static")
     if extras or plain_hf is None:
         fns["HF generate on the bridged model (extra)"] = hf_generate(model.model.original_model)
     if tl_generate_row or plain_hf is None:
         fns["TransformerLens generate (extra)"] = tl_generate
     return fns
-
-
-def copy_for_compile(hf: Any) -> Any:
-    """The same plain model (weights shared) with its forward compiled as HF's docs show for a static cache."""
-    import copy
-
-    twin = copy.copy(hf)
-    twin.forward = torch.compile(hf.forward, mode="reduce-overhead", fullgraph=True)
-    return twin
 
 
 def copy_bandwidth(n_bytes: int = 2 << 30) -> float:
@@ -206,6 +196,8 @@ def run_decode(model: LoadedModel, repeats: int, new_tokens: int, device_name: s
         print(f"{name:56s} {median:15.2f} {min(rates):8.2f} {max(rates):8.2f} {1000 / median:9.2f}{ratios}")
     for i, peer in enumerate(peers):
         print(f"peer {i + 1}: {peer}")
+    if plain_hf is not None:
+        print(f"plain model's forward compiled by generate: {getattr(plain_hf, '_compiled_call', None) is not None}")
     if model.device.type == "cuda":
         bandwidth = copy_bandwidth()
         per_token = bytes_per_token(model, len(prompt) + new_tokens // 2)

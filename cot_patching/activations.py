@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -24,8 +22,8 @@ from cot_patching.parsing import parse_trace, select_steps
 
 HOOKS = ("resid_pre", "resid_mid", "resid_post")
 TRACES = ("correct", "incorrect")
-INDEX_FILE = "index.jsonl"
-CONFIG_FILE = "cache_config.json"
+INDEX_FILE = artifacts.CACHE_INDEX_FILE
+CONFIG_FILE = artifacts.CACHE_CONFIG_FILE
 STORE_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
                 "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
 
@@ -134,10 +132,7 @@ def trace_activations(
     return tensors, meta
 
 
-def pair_file_name(pair_id: str) -> str:
-    """A filesystem-safe, collision-free safetensors file name for a pair id."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", pair_id)[:80]
-    return f"{safe}-{hashlib.sha256(pair_id.encode()).hexdigest()[:10]}.safetensors"
+pair_file_name = artifacts.cache_file_name
 
 
 def cache_pair(model: Any, pair: LoadedPair, settings: CacheSettings, out_dir: Path,
@@ -154,6 +149,7 @@ def cache_pair(model: Any, pair: LoadedPair, settings: CacheSettings, out_dir: P
     path = out_dir / pair_file_name(pair.id)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))  # no metadata: its key order is not stable, and the index holds it
+    os.chmod(tmp, artifacts.default_file_mode())
     os.replace(tmp, path)
     return {
         "pair_id": pair.id, "file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size,
@@ -209,14 +205,15 @@ def cache_activations(
     """Cache every pair not yet cached; verify the ones that are; rewrite stale index lines."""
     pairs = artifacts.load_pairs(results_dir)
     out_dir = Path(out_dir)
+    owned = artifacts.owned_cache_files(out_dir, [pair.id for pair in pairs])  # refuses a foreign folder
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / CONFIG_FILE
     wanted = {"settings": settings.to_json(), "model": model_info.get("name"),
               "model_revision": model_info.get("revision"), "backend": model_info.get("backend", BRIDGE),
               "results": str(Path(results_dir).resolve())}
     if overwrite:
-        for path in list(out_dir.glob("*.safetensors")) + [out_dir / INDEX_FILE, config_path]:
-            path.unlink(missing_ok=True)
+        for path in owned:
+            path.unlink()
     if config_path.exists():
         recorded = {"backend": BRIDGE, **json.loads(config_path.read_text("utf-8"))}  # caches made before backends
         for key in ("settings", "model", "model_revision", "backend"):

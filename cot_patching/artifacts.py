@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -21,6 +23,9 @@ SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
 SET_ASIDE_FILE = "runs.set-aside.jsonl"
+ACTIVATIONS_DIR = "activations"
+CACHE_INDEX_FILE = "index.jsonl"
+CACHE_CONFIG_FILE = "cache_config.json"
 CSV_COLUMNS = ("id", "n_attempts", "early_step_idx", "late_step_idx", "correct_attempt", "incorrect_attempt")
 
 
@@ -68,6 +73,28 @@ class RunRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+RUN_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,), "attempt": (int,), "temperature": (int, float), "top_p": (int, float), "seed": (int,),
+    "model": (str,), "prompt": (str,), "text": (str,), "final_answer": (str, type(None)), "correct": (bool,),
+    "parse_ok": (bool,), "token_ids": (list,), "step_spans": (list,), "final_answer_span": (dict, type(None)),
+    "prompt_token_ids": (list,), "max_new_tokens": (int,), "finish_reason": (str,),
+}
+
+
+def run_problems(data: Any) -> list[str]:
+    """What makes a parsed runs.jsonl line not a run record (missing or mistyped fields)."""
+    if not isinstance(data, dict):
+        return ["not a JSON object"]
+    problems = []
+    for name, types in RUN_FIELD_TYPES.items():
+        if name not in data:
+            problems.append(f"missing field {name}")
+        elif not isinstance(data[name], types) or (bool not in types and isinstance(data[name], bool)):
+            problems.append(f"field {name} has type {type(data[name]).__name__}")
+    known = {f.name for f in fields(RunRecord)}
+    return problems or [f"unknown field {k}" for k in data if k not in known]
+
+
 @dataclass(frozen=True)
 class RunLine:
     """A record with the byte offset of its line in runs.jsonl."""
@@ -109,11 +136,16 @@ def atomic_write_text(path: Path, text: str) -> None:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def default_file_mode() -> int:
+    """The mode a plain `open()` gives a new file under the current umask (temp files start at 0600)."""
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:
@@ -182,8 +214,11 @@ def read_runs(path: Path) -> list[RunLine]:
                 break
             try:
                 data = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise ArtifactError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+                raise ArtifactError(f"{path}:{number}: not valid JSON ({getattr(err, 'msg', err)})") from None
+            problems = run_problems(data)
+            if problems:
+                raise ArtifactError(f"{path}:{number}: {'; '.join(problems)}")
             lines.append(RunLine(offset, RunRecord.from_json(data)))
             offset += len(raw)
     return lines
@@ -191,6 +226,8 @@ def read_runs(path: Path) -> list[RunLine]:
 
 def read_run_at(path: Path, offset: int) -> RunRecord:
     """The runs.jsonl record whose line starts at byte `offset`."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ArtifactError(f"{path}: {offset!r} is not a byte offset")
     with open(path, "rb") as handle:
         handle.seek(offset)
         raw = handle.readline()
@@ -198,16 +235,57 @@ def read_run_at(path: Path, offset: int) -> RunRecord:
         raise ArtifactError(f"{path}: no complete line at byte offset {offset}")
     try:
         return RunRecord.from_json(json.loads(raw))
-    except (json.JSONDecodeError, TypeError) as err:
+    except (ValueError, TypeError, AttributeError) as err:
         raise ArtifactError(f"{path}: byte offset {offset} is not the start of a run line ({err})") from None
 
 
 def read_pairs(path: Path) -> list[PairRecord]:
-    """Every record of pairs.jsonl."""
+    """Every record of pairs.jsonl; a damaged one is an ArtifactError naming its line."""
     path = Path(path)
     if not path.exists():
         return []
-    return [PairRecord.from_json(json.loads(line)) for line in path.read_text("utf-8").splitlines() if line]
+    pairs = []
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ArtifactError(f"{path}: not UTF-8 text ({err.reason})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        problem = pair_problem(data)
+        if problem:
+            raise ArtifactError(f"{path}:{number}: {problem}")
+        pairs.append(PairRecord.from_json(data))
+    return pairs
+
+
+def pair_problem(data: Any) -> str | None:
+    """What makes a parsed pairs.jsonl line not a pair record (None: nothing)."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    missing = [f.name for f in fields(PairRecord) if f.name not in data]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    if not isinstance(data["id"], str):
+        return "id is not a string"
+    for role in ("correct_ref", "incorrect_ref"):
+        ref = data[role]
+        if not isinstance(ref, dict) or any(
+            isinstance(ref.get(k), bool) or not isinstance(ref.get(k), int) or ref[k] < 0
+            for k in ("attempt", "runs_offset")
+        ):
+            return f"{role} must hold a non-negative integer attempt and runs_offset"
+    selected = data["steps_selected"]
+    if not isinstance(selected, dict) or any(
+        not isinstance(selected.get(k), dict) or isinstance(selected[k].get("step_idx"), bool)
+        or not isinstance(selected[k].get("step_idx"), int) for k in ("early", "late")
+    ):
+        return "steps_selected must hold early and late, each with an integer step_idx"
+    return None
 
 
 def find_pair(attempts: Sequence[RunRecord], pair_unparsed: bool = False) -> tuple[int, int] | None:
@@ -310,6 +388,47 @@ def write_derived(
     atomic_write_text(outdir / PAIRS_FILE, "".join(p.to_line() for p in pairs))
     atomic_write_text(outdir / PAIRS_CSV, pairs_csv(pairs))
     write_json(outdir / SUMMARY_FILE, summary)
+
+
+def cache_file_name(pair_id: str) -> str:
+    """A filesystem-safe, collision-free safetensors file name for a pair id."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", pair_id)[:80]
+    return f"{safe}-{hashlib.sha256(pair_id.encode()).hexdigest()[:10]}.safetensors"
+
+
+def owned_cache_files(cache_dir: Path, pair_ids: Iterable[str]) -> list[Path]:
+    """The files of an activation cache that cache-activations wrote (for these pairs); refuse a folder holding
+    anything else, so that `--overwrite` can never delete what it did not write."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.exists():
+        return []
+    if not cache_dir.is_dir():
+        raise ArtifactError(f"{cache_dir} is not a directory")
+    present = sorted(cache_dir.iterdir())
+    if not present:
+        return []
+    if not (cache_dir / CACHE_CONFIG_FILE).is_file():
+        raise ArtifactError(f"{cache_dir} is not an activation cache (no {CACHE_CONFIG_FILE}) and holds "
+                            f"{present[0].name}: nothing was deleted; choose a new or empty folder")
+    ours = {CACHE_CONFIG_FILE, CACHE_INDEX_FILE}
+    names = [cache_file_name(pair_id) for pair_id in pair_ids]
+    index = cache_dir / CACHE_INDEX_FILE
+    if index.is_file():
+        for line in index.read_text("utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+                names.append(entry["file"])
+    for name in names:
+        ours |= {name, str(Path(name).with_suffix(".tmp"))}
+    temp = re.compile(rf"\.({re.escape(CACHE_CONFIG_FILE)}|{re.escape(CACHE_INDEX_FILE)})\..*\.tmp")
+    foreign = [p for p in present if p.name not in ours and not temp.fullmatch(p.name)]
+    if foreign:
+        raise ArtifactError(f"{cache_dir} holds {foreign[0].name}, which cache-activations did not write: "
+                            "nothing was deleted; move it or choose another folder")
+    return [p for p in present if p.is_file()]
 
 
 def load_manifest(outdir: Path) -> dict[str, Any]:

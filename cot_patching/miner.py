@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
-import shutil
 import socket
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -90,43 +90,60 @@ Sampler = Callable[[Any, Sequence[int], DecodeConfig, int], Generation]
 
 @contextmanager
 def outdir_lock(outdir: Path) -> Iterator[None]:
-    """Hold `outdir/.lock` ("host pid"); refuse while its holder may be alive (any holder on another host)."""
-    lock = outdir / artifacts.LOCK_FILE
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = lock.read_text().split() if lock.exists() else []
-            host, pid = (holder + ["", ""])[:2] if len(holder) != 1 else (socket.gethostname(), holder[0])
-            if not pid.isdigit() or host != socket.gethostname() or _pid_alive(int(pid)):
-                raise MiningError(
-                    f"{outdir} is in use by another mining process (pid {pid or '?'} on {host or '?'}); "
-                    f"remove {lock} if that process is gone"
-                ) from None
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(me)
-        break
-    else:
-        raise MiningError(f"cannot take the lock {lock}")
+    """Hold an exclusive `flock` on `outdir/.lock` for the block; refuse while another process holds it.
+
+    The kernel releases the lock when its holder dies (kill -9 included), so a stale lock is never taken over by
+    hand and two processes can never both hold it. The file holds "host pid" for the message only, and is never
+    deleted (deleting it would let a newcomer lock a fresh inode while another waits on the old one).
+    """
+    lock = Path(outdir) / artifacts.LOCK_FILE
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        message = _in_use(outdir, fd)
+        os.close(fd)
+        raise MiningError(message) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}".encode(), 0)
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def _in_use(outdir: Path, fd: int) -> str:
+    holder = os.pread(fd, 200, 0).decode("utf-8", errors="replace").split() or ["?"]
+    return (f"{outdir} is in use by another process (pid {holder[-1]} on {' '.join(holder[:-1]) or '?'}); "
+            "wait for it to finish, or use another directory")
+
+
+def check_not_locked(outdir: Path) -> None:
+    """Refuse, before any work, a directory whose lock another process holds (creates nothing)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = os.open(Path(outdir) / artifacts.LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise MiningError(_in_use(outdir, fd)) from None
+    finally:
+        os.close(fd)
+
+
+def read_runs_or_explain(outdir: Path) -> list[RunLine]:
+    """runs.jsonl's records; a damaged line is refused with the way to recover that loses nothing."""
+    try:
+        return artifacts.read_runs(Path(outdir) / artifacts.RUNS_FILE)
+    except artifacts.ArtifactError as err:
+        raise MiningError(
+            f"{err}; nothing was changed. `cot-patching repair {outdir}` sets damaged lines aside in "
+            f"{artifacts.SET_ASIDE_FILE} with the attempts of the same problems after them (nothing is deleted); "
+            "then rerun this command: it decodes those attempts again, identically"
+        ) from None
 
 
 def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool) -> None:
@@ -134,7 +151,16 @@ def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool) -> None:
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise MiningError(f"--outdir {outdir} exists and is not a directory")
-    if overwrite or not outdir.is_dir():
+    if not outdir.is_dir():
+        parent = next((p for p in outdir.parents if p.exists()), Path("."))
+        if not os.access(parent, os.W_OK):
+            raise MiningError(f"cannot create --outdir {outdir}: {parent} is not writable")
+        return
+    if not os.access(outdir, os.W_OK):
+        raise MiningError(f"--outdir {outdir} is not writable")
+    check_not_locked(outdir)
+    if overwrite:
+        owned_run_files(outdir)  # refuses, before anything is deleted, an activations folder with foreign files
         return
     runs_path = outdir / artifacts.RUNS_FILE
     if (outdir / artifacts.MANIFEST_FILE).exists():
@@ -153,16 +179,31 @@ def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool) -> None:
     elif runs_path.exists() and runs_path.stat().st_size > 0:
         raise MiningError(f"{outdir} has {artifacts.RUNS_FILE} but no {artifacts.MANIFEST_FILE}; "
                           "use a new --outdir or pass --overwrite")
+    read_runs_or_explain(outdir)
+
+
+RUN_FILES = (artifacts.RUNS_FILE, artifacts.PAIRS_FILE, artifacts.PAIRS_CSV, artifacts.SUMMARY_FILE,
+             artifacts.MANIFEST_FILE, artifacts.SET_ASIDE_FILE)
+
+
+def owned_run_files(outdir: Path) -> list[Path]:
+    """The files `--overwrite` removes: the run's own and those of its activation cache (only files the cache
+    wrote; a cache folder holding anything else is refused)."""
+    try:
+        pair_ids = [pair.id for pair in artifacts.read_pairs(outdir / artifacts.PAIRS_FILE)]
+    except (ValueError, TypeError):
+        pair_ids = []
+    cache = artifacts.owned_cache_files(outdir / artifacts.ACTIVATIONS_DIR, pair_ids)
+    return [outdir / name for name in RUN_FILES if (outdir / name).is_file()] + cache
 
 
 def clear_outdir(outdir: Path) -> None:
-    """Remove a previous run's files (for `--overwrite`)."""
-    for name in (artifacts.RUNS_FILE, artifacts.PAIRS_FILE, artifacts.PAIRS_CSV,
-                     artifacts.SUMMARY_FILE, artifacts.MANIFEST_FILE, artifacts.SET_ASIDE_FILE):
-        (outdir / name).unlink(missing_ok=True)
-    activations = outdir / "activations"
-    if activations.is_dir():
-        shutil.rmtree(activations)
+    """Remove a previous run's files and its activation cache's (for `--overwrite`); nothing else."""
+    for path in owned_run_files(outdir):
+        path.unlink(missing_ok=True)
+    cache = outdir / artifacts.ACTIVATIONS_DIR
+    if cache.is_dir() and not any(cache.iterdir()):
+        cache.rmdir()
 
 
 def mine(
@@ -189,14 +230,7 @@ def mine(
             clear_outdir(outdir)
         runs_path = outdir / artifacts.RUNS_FILE
         artifacts.drop_torn_tail(runs_path)
-        try:
-            runs = artifacts.read_runs(runs_path)
-        except artifacts.ArtifactError as err:
-            raise MiningError(
-                f"{err}; nothing was changed. `cot-patching repair {outdir}` sets damaged lines aside in "
-                f"{artifacts.SET_ASIDE_FILE} with the attempts of the same problems after them (nothing is deleted); "
-                "then rerun this command: it decodes those attempts again, identically"
-            ) from None
+        runs = read_runs_or_explain(outdir)
         _check_runs_match(runs, problems)
         _record_session(outdir, manifest or {}, settings)
         resumed_from = len(runs)

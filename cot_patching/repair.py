@@ -118,8 +118,6 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
 
 def _read_lines(path: Path) -> tuple[list[RunRecord], list[tuple[str, str]]]:
     """Every readable run record, and (raw text, reason) for each line that is not one."""
-    from cot_patching.validate import schema_problems
-
     records: list[RunRecord] = []
     damaged: list[tuple[str, str]] = []
     if not path.exists():
@@ -129,10 +127,11 @@ def _read_lines(path: Path) -> tuple[list[RunRecord], list[tuple[str, str]]]:
             text = raw.decode("utf-8", errors="replace")
             try:
                 data = json.loads(raw)
-            except json.JSONDecodeError as err:
-                damaged.append((text, f"{artifacts.RUNS_FILE} line {number}: not valid JSON ({err.msg})"))
+            except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+                damaged.append((text, f"{artifacts.RUNS_FILE} line {number}: not valid JSON "
+                                      f"({getattr(err, 'msg', err)})"))
                 continue
-            problems = schema_problems(data)
+            problems = artifacts.run_problems(data)
             if problems:
                 damaged.append((text, f"{artifacts.RUNS_FILE} line {number}: {'; '.join(problems)}"))
                 continue

@@ -23,6 +23,20 @@ def attempt_seed(problem_id: str, attempt_index: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
+# The smallest non-zero temperature: logits / T stays finite (|logit| < 3e35 in fp32, bf16 and fp16 upcast) and
+# softmax a distribution; below it a run would die mid-way on every resume. T = 0 is greedy.
+MIN_TEMPERATURE = 1e-3
+
+
+def check_temperature(value: object, what: str = "temperature") -> float:
+    """`value` as a temperature: a real number, 0 or in [MIN_TEMPERATURE, inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or 0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"{what} must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, got {value!r}")
+    return float(value)
+
+
 def parse_temperature_seq(text: str) -> tuple[float, ...]:
     """Parse `0.0,0.9,1.0` into temperatures; reject empty, negative or non-finite values."""
     try:
@@ -31,8 +45,8 @@ def parse_temperature_seq(text: str) -> tuple[float, ...]:
         raise ValueError(f"--temperature-seq {text!r} is not a comma-separated list of numbers") from None
     if not values:
         raise ValueError("--temperature-seq is empty")
-    if any(not math.isfinite(t) or t < 0 for t in values):
-        raise ValueError(f"--temperature-seq {text!r}: temperatures must be finite and >= 0")
+    for value in values:
+        check_temperature(value, f"--temperature-seq {text!r}: each temperature")
     return values
 
 
@@ -55,12 +69,11 @@ class DecodeConfig:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_temperature(self.temperature)
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +12,8 @@ from cot_patching.artifacts import PairRecord, RunLine, RunRecord
 from cot_patching.parsing import parse_trace, select_steps
 from cot_patching.sampling import attempt_seed, temperature_schedule
 from cot_patching.spans import TokenOffsets
+from cot_patching.prompt import encode_prompt, question_of
 from cot_patching.traces import TRACE_RULES_VERSION, analyze_trace, judge_text
-
-_RUN_TYPES: dict[str, tuple[type, ...]] = {
-    "id": (str,), "attempt": (int,), "temperature": (int, float), "top_p": (int, float), "seed": (int,),
-    "model": (str,), "prompt": (str,), "text": (str,), "final_answer": (str, type(None)), "correct": (bool,),
-    "parse_ok": (bool,), "token_ids": (list,), "step_spans": (list,), "final_answer_span": (dict, type(None)),
-    "prompt_token_ids": (list,), "max_new_tokens": (int,), "finish_reason": (str,),
-}
-
 
 @dataclass(frozen=True)
 class Violation:
@@ -47,12 +40,16 @@ def validate_outdir(outdir: str | Path, tokenizer: Any | None = None) -> list[Vi
                                f"{root}` (token ids never change)"))
     runs = _read_runs(root, found)
     schedule = temperature_schedule(settings["temperature_seq"], settings["max_tries"]) if settings else None
+    revision = (manifest.get("model") or {}).get("revision")
     for number, line in enumerate(runs, start=1):
         try:
             messages = _check_run(line.record, settings, schedule, tokenizer)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
             messages = [f"{line.record.id} attempt {line.record.attempt}: malformed record ({type(err).__name__}: "
                         f"{err})"]
+        if revision and line.record.model_revision != revision:
+            messages.append(f"{line.record.id} attempt {line.record.attempt}: model_revision "
+                            f"{line.record.model_revision!r} differs from the manifest's {revision!r}")
         found += [Violation(artifacts.RUNS_FILE, number, m) for m in messages]
     found += _check_attempt_order(runs, settings)
     pairs = _check_pairs(root, runs, settings, found)
@@ -83,29 +80,15 @@ def _read_runs(root: Path, found: list[Violation]) -> list[RunLine]:
                 break
             try:
                 data = json.loads(raw)
-            except json.JSONDecodeError as err:
-                found.append(Violation(artifacts.RUNS_FILE, number, f"not valid JSON ({err.msg})"))
+            except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+                found.append(Violation(artifacts.RUNS_FILE, number, f"not valid JSON ({getattr(err, 'msg', err)})"))
                 continue
-            problems = schema_problems(data)
+            problems = artifacts.run_problems(data)
             if problems:
                 found += [Violation(artifacts.RUNS_FILE, number, m) for m in problems]
                 continue
             runs.append(RunLine(start, RunRecord.from_json(data)))
     return runs
-
-
-def schema_problems(data: Any) -> list[str]:
-    """What makes a parsed runs.jsonl line not a run record (missing or mistyped fields)."""
-    if not isinstance(data, dict):
-        return ["not a JSON object"]
-    problems = []
-    for name, types in _RUN_TYPES.items():
-        if name not in data:
-            problems.append(f"missing field {name}")
-        elif not isinstance(data[name], types) or (bool not in types and isinstance(data[name], bool)):
-            problems.append(f"field {name} has type {type(data[name]).__name__}")
-    known = {f.name for f in fields(RunRecord)}
-    return problems or [f"unknown field {k}" for k in data if k not in known]
 
 
 def _check_run(record: RunRecord, settings: dict[str, Any], schedule: list[float] | None,
@@ -124,6 +107,12 @@ def _check_run(record: RunRecord, settings: dict[str, Any], schedule: list[float
             out.append(f"{where}: {name} {getattr(record, name)!r} differs from the run settings")
     if len(record.token_ids) > record.max_new_tokens:
         out.append(f"{where}: {len(record.token_ids)} tokens exceed max_new_tokens")
+    if record.finish_reason not in ("stop", "length"):
+        out.append(f"{where}: finish_reason {record.finish_reason!r} is neither 'stop' nor 'length'")
+    if record.token_logprobs and (len(record.token_logprobs) != len(record.token_ids) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and x <= 0 for x in record.token_logprobs
+    )):
+        out.append(f"{where}: token_logprobs are not one log-probability (<= 0) per token")
     strict = bool(settings.get("strict_format"))
     if tokenizer is not None:
         out += _check_tokens(record, tokenizer, strict)
@@ -148,6 +137,8 @@ def _check_text_spans(record: RunRecord, strict: bool) -> list[str]:
         out.append("step spans differ from a fresh parse of text")
     if verdict.parsed.final_answer != record.final_answer or verdict.parse_ok != record.parse_ok:
         out.append("final_answer/parse_ok differ from a fresh parse of text")
+    if verdict.parsed.strict_format_ok != record.strict_format_ok:
+        out.append(f"strict_format_ok is {record.strict_format_ok}, the seed regexes say {verdict.parsed.strict_format_ok}")
     if (verdict.correct, verdict.score.rule, verdict.score.normalized) != (
         record.correct, record.score_rule, record.normalized_answer
     ):
@@ -164,6 +155,9 @@ def _check_tokens(record: RunRecord, tokenizer: Any, strict: bool) -> list[str]:
         if bad:
             out.append(f"{name} has {len(bad)} id(s) outside the vocabulary of {vocab} (first {bad[0]!r})")
             return out
+    prompt = encode_prompt(tokenizer, record.prompt)
+    if (prompt.token_ids, prompt.chat_template_applied) != (record.prompt_token_ids, record.chat_template_applied):
+        out.append("prompt_token_ids / chat_template_applied are not what the tokenizer makes of prompt")
     trace = analyze_trace(tokenizer, record.token_ids, record.gold_answer, strict)
     if trace.text != record.text:
         out.append("text != decode(token_ids)")
@@ -191,7 +185,14 @@ def _check_attempt_order(runs: list[RunLine], settings: dict[str, Any]) -> list[
     out = []
     pair_unparsed = bool(settings.get("pair_unparsed"))
     line_of = {id(line): n for n, line in enumerate(runs, start=1)}
+    revisions = {line.record.model_revision for line in runs}
+    if len(revisions) > 1:
+        out.append(Violation(artifacts.RUNS_FILE, 0, f"attempts record several model revisions: {sorted(map(str, revisions))}"))
     for problem_id, lines in artifacts.group_by_problem(runs).items():
+        for field_name in ("gold_answer", "prompt", "prompt_token_ids"):
+            if len({json.dumps(getattr(line.record, field_name)) for line in lines}) > 1:
+                out.append(Violation(artifacts.RUNS_FILE, line_of[id(lines[0])],
+                                     f"{problem_id}: attempts disagree on {field_name}"))
         attempts = [line.record.attempt for line in lines]
         if attempts != list(range(len(attempts))):
             out.append(Violation(artifacts.RUNS_FILE, line_of[id(lines[0])],
@@ -212,12 +213,17 @@ def _check_pairs(root: Path, runs: list[RunLine], settings: dict[str, Any],
         return []
     by_offset = {line.offset: line.record for line in runs}
     pairs = []
-    for number, text in enumerate(path.read_text("utf-8").splitlines(), start=1):
+    for number, text in enumerate(path.read_text("utf-8", errors="replace").splitlines(), start=1):
         try:
-            pair = PairRecord.from_json(json.loads(text))
-        except (json.JSONDecodeError, TypeError) as err:
-            found.append(Violation(artifacts.PAIRS_FILE, number, f"not a pair record ({err})"))
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            found.append(Violation(artifacts.PAIRS_FILE, number, f"not valid JSON ({err.msg})"))
             continue
+        problem = artifacts.pair_problem(data)
+        if problem:
+            found.append(Violation(artifacts.PAIRS_FILE, number, problem))
+            continue
+        pair = PairRecord.from_json(data)
         try:
             _check_pair(pair, number, by_offset, settings, found)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -246,6 +252,12 @@ def _check_pair(pair: PairRecord, number: int, by_offset: dict[int, RunRecord], 
                                    f"{pair.id}: {role}_ref runs_offset {ref.get('runs_offset')} is not the line "
                                    f"of attempt {ref.get('attempt')}"))
             continue
+        if role == "correct" and (pair.gold_answer != record.gold_answer
+                                  or pair.problem != (question_of(record.prompt) or pair.problem)
+                                  or pair.decode_config != {"top_p": record.top_p,
+                                                            "max_new_tokens": record.max_new_tokens}):
+            found.append(Violation(artifacts.PAIRS_FILE, number,
+                                   f"{pair.id}: gold_answer/problem/decode_config differ from its runs"))
         if role == "correct" and not record.correct:
             found.append(Violation(artifacts.PAIRS_FILE, number, f"{pair.id}: correct_ref is not correct"))
         if role == "incorrect" and (record.correct or not (record.parse_ok or settings.get("pair_unparsed"))):

@@ -136,3 +136,57 @@ def test_embedded_model_cache_matches_fresh_run(embedded, tmp_path):
         entry = store.entry(key)
         fresh = _fresh(embedded, pair.trace(key.trace), hook_name(key.layer, key.hook), entry.positions)
         assert torch.allclose(store[key], fresh, atol=1e-5)
+
+
+def test_overwrite_deletes_only_what_the_cache_wrote(tiny, results, tmp_path):
+    cache = tmp_path / "cache"
+    cache_activations(tiny, results, cache, _settings(), tiny.info.to_json(), progress=False)
+    written = sorted(p.name for p in cache.iterdir())
+    cache_activations(tiny, results, cache, _settings(layers=(0,)), tiny.info.to_json(), overwrite=True,
+                      progress=False)  # positive control: its own files are replaced
+    assert sorted(p.name for p in cache.iterdir()) == written
+    foreign = cache / "model-00001-of-00004.safetensors"
+    foreign.write_bytes(b"weights")
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    with pytest.raises(artifacts.ArtifactError, match="model-00001-of-00004.safetensors, which cache-activations "
+                                                      "did not write: nothing was deleted"):
+        cache_activations(tiny, results, cache, _settings(), tiny.info.to_json(), overwrite=True, progress=False)
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == before
+
+
+def test_a_folder_that_is_not_a_cache_is_refused_with_or_without_overwrite(tiny, results, tmp_path):
+    weights = tmp_path / "Llama-3.1-8B"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    (weights / "model.safetensors").write_bytes(b"weights")
+    for overwrite in (False, True):
+        with pytest.raises(artifacts.ArtifactError, match="is not an activation cache"):
+            cache_activations(tiny, results, weights, _settings(), tiny.info.to_json(), overwrite=overwrite,
+                              progress=False)
+    assert sorted(p.name for p in weights.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_mine_overwrite_refuses_a_run_whose_activations_folder_holds_foreign_files(tiny, tmp_path):
+    from cot_patching.miner import MineSettings, mine
+
+    run = tmp_path / "run"
+    mine_scripted_pairs(tiny, run, n=1)
+    (run / "activations").mkdir()
+    (run / "activations" / "keep-me.safetensors").write_bytes(b"not ours")
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(artifacts.ArtifactError, match="keep-me.safetensors"):
+        mine([], tiny, MineSettings(model=tiny.info.name, problems_sha256="y"), run, overwrite=True, progress=False)
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_cache_files_follow_the_umask(tiny, results, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        cache_activations(tiny, results, tmp_path / "cache", _settings(), tiny.info.to_json(), progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "cache").iterdir()}
+    assert set(modes.values()) == {0o644}, modes

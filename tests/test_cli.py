@@ -53,7 +53,8 @@ def test_mine_then_reproduce_on_a_local_model_directory(tiny_dir, tmp_path):
     pair = {"id": "c0", "problem": "", "gold_answer": "2", "n_attempts": 2,
             "correct_ref": {"attempt": 0, "runs_offset": runs[0].offset},
             "incorrect_ref": {"attempt": 1, "runs_offset": runs[1].offset},
-            "steps_selected": {}, "decode_config": {}}
+            "steps_selected": {"early": {"from": "correct", "step_idx": 1}, "late": {"from": "correct", "step_idx": 1}},
+            "decode_config": {}}
     (outdir / "pairs.jsonl").write_text(json.dumps(pair) + "\n")
     replay = runner.invoke(app, ["reproduce", "--outdir", str(outdir), "--all-pairs"])
     assert replay.exit_code == 0 and "2/2 attempts reproduced exactly" in replay.output, replay.output
@@ -77,8 +78,8 @@ def test_reproduce_fails_on_a_tampered_run(tiny_dir, tmp_path):
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
     (["--model", "./nowhere/model.gguf"], "does not exist"),
     (["--temperature-seq", "0.5,x"], "not a comma-separated list"),
-    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-    (["--max-tries", "0"], "max_tries must be at least 1"),
+    (["--top-p", "1.5"], "top_p must be a number in (0, 1]"),
+    (["--max-tries", "0"], "--max-tries must be >= 1"),
 ])
 def test_bad_input_one_line_no_traceback_nothing_written(tmp_path, args, message):
     problems = _problems(tmp_path)

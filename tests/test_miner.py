@@ -112,39 +112,41 @@ def test_different_settings_are_refused(tiny, tmp_path):
     assert json.loads((tmp_path / artifacts.MANIFEST_FILE).read_text())["settings"]["top_p"] == 0.9
 
 
-def test_second_process_is_refused_by_lock(tiny, tmp_path):
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"node-7 " + str(os.getpid()).encode())
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_second_process_is_refused_by_lock_and_a_dead_holder_frees_it(tiny, tmp_path):
     import subprocess
     import sys
 
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / artifacts.LOCK_FILE)],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        (tmp_path / artifacts.LOCK_FILE).write_text(str(holder.pid))
-        with pytest.raises(MiningError, match="in use by another mining process"):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MiningError, match=f"in use by another process \\(pid {holder.pid} on node-7\\)"):
             mine(PROBLEMS[:1], tiny, settings(), tmp_path, progress=False,
                  sampler=ScriptedSampler(tiny.tokenizer, {"p0": [CORRECT, WRONG]}))
+        assert not (tmp_path / artifacts.MANIFEST_FILE).exists()  # a refused run writes nothing
     finally:
-        holder.kill()
+        holder.kill()  # kill -9: the kernel drops its lock, the file (and its stale text) stays
         holder.wait()
     result = mine(PROBLEMS[:1], tiny, settings(), tmp_path, progress=False,
                   sampler=ScriptedSampler(tiny.tokenizer, {"p0": [CORRECT, WRONG]}))
     assert result.summary["pairs_found"] == 1
 
 
-def test_lock_held_on_another_host_is_refused_and_stale_local_lock_is_taken(tiny, tmp_path):
-    (tmp_path / artifacts.LOCK_FILE).write_text("some-other-node 4242")
-    with pytest.raises(MiningError, match="pid 4242 on some-other-node"):
-        mine(PROBLEMS[:1], tiny, settings(), tmp_path, progress=False,
-             sampler=ScriptedSampler(tiny.tokenizer, {"p0": [CORRECT, WRONG]}))
-    import socket
-    import subprocess
-    import sys
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / artifacts.LOCK_FILE).write_text(f"{socket.gethostname()} {dead.pid}")
+def test_a_lock_file_nobody_holds_is_not_a_lock(tiny, tmp_path):
+    (tmp_path / artifacts.LOCK_FILE).write_text("some-other-node 4242")  # left by a node that died
     result = mine(PROBLEMS[:1], tiny, settings(), tmp_path, progress=False,
                   sampler=ScriptedSampler(tiny.tokenizer, {"p0": [CORRECT, WRONG]}))
-    assert result.summary["pairs_found"] == 1 and not (tmp_path / artifacts.LOCK_FILE).exists()
+    assert result.summary["pairs_found"] == 1 and (tmp_path / artifacts.LOCK_FILE).read_text() == ""
 
 
 def test_outdir_that_is_a_file(tiny, tmp_path):

@@ -15,8 +15,9 @@ from cot_patching.miner import MineSettings, MiningError, mine, run_attempt
 from cot_patching.problems import Problem
 from cot_patching.prompt import build_prompt, encode_prompt
 from cot_patching.repair import repair_run
-from cot_patching.sampling import Generation, attempt_seed
 from cot_patching.validate import validate_outdir
+
+from helpers import ScriptedSampler
 
 PROBLEMS = [
     Problem("p1", "Ann has 3 pens and buys 4. How many pens?", "7"),
@@ -43,19 +44,9 @@ SETTINGS = MineSettings(model="scripted", problems_sha256="0" * 64, temperature_
 
 @pytest.fixture()
 def scripted(smollm2_tokenizer: Any) -> tuple[Any, Any]:
-    """A decoder that writes SCRIPT, keyed by prompt ids and seed, and the model object it decodes for."""
-    model = SimpleNamespace(tokenizer=smollm2_tokenizer, info=None)
-    by_key = {}
-    for problem in PROBLEMS:
-        prompt = encode_prompt(smollm2_tokenizer, build_prompt(problem.question))
-        for attempt in range(4):
-            by_key[(tuple(prompt.token_ids), attempt_seed(problem.id, attempt))] = SCRIPT[(problem.id, attempt)]
-
-    def sampler(model: Any, prompt_ids: Any, config: Any, seed: int) -> Generation:
-        ids = smollm2_tokenizer(by_key[(tuple(prompt_ids), seed)], add_special_tokens=False)["input_ids"]
-        return Generation(token_ids=list(ids), finish_reason="stop", token_logprobs=[-0.5] * len(ids))
-
-    return model, sampler
+    """A decoder that writes SCRIPT, and the model object it decodes for."""
+    scripts = {p.id: [SCRIPT[(p.id, k)] for k in range(4)] for p in PROBLEMS}
+    return SimpleNamespace(tokenizer=smollm2_tokenizer, info=None), ScriptedSampler(smollm2_tokenizer, scripts)
 
 
 def _records(outdir: Path) -> dict[tuple[str, int], dict[str, Any]]:

@@ -50,8 +50,26 @@ class MineOptions:
     backend: str
 
     def __post_init__(self) -> None:
+        from cot_patching.sampling import DecodeConfig, parse_temperature_seq
+
+        for f in fields(self):
+            value, kinds = getattr(self, f.name), _OPTION_TYPES[f.name]
+            if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+                wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+                raise ValueError(f"--{f.name.replace('_', '-')} must be {wanted}, got {value!r}")
         if self.min_pairs < 1:
             raise ValueError(f"--min-pairs must be >= 1, got {self.min_pairs}")
+        if self.max_tries < 1:
+            raise ValueError(f"--max-tries must be >= 1, got {self.max_tries}")
+        parse_temperature_seq(self.temperature_seq)
+        DecodeConfig(0.0, self.top_p, self.max_new_tokens)
+
+
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "problems": (str,), "model": (str,), "outdir": (str,), "max_tries": (int,), "min_pairs": (int,),
+    "temperature_seq": (str,), "top_p": (int, float), "max_new_tokens": (int,), "device": (str, type(None)),
+    "dtype": (str,), "load_in_4bit": (bool,), "strict_format": (bool,), "pair_unparsed": (bool,), "backend": (str,),
+}
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -71,6 +89,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
     if isinstance(config.get("temperature_seq"), list):
         config["temperature_seq"] = ",".join(str(t) for t in config["temperature_seq"])
+    elif isinstance(config.get("temperature_seq"), (int, float)) and not isinstance(config["temperature_seq"], bool):
+        config["temperature_seq"] = str(config["temperature_seq"])
     return config
 
 

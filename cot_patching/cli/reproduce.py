@@ -24,7 +24,7 @@ def reproduce_command(
 ) -> None:
     """Replay attempts from their logged model, prompt ids, T, top-p, max tokens and seed."""
     from cot_patching import artifacts
-    from cot_patching.cli.run_model import echo_model, run_model
+    from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model
     from cot_patching.models import check_loaded_identity, load_model
     from cot_patching.replay import replay_attempt
 
@@ -66,6 +66,7 @@ def reproduce_command(
             backend=backend or mined_backend,
         )
         check_loaded_identity(loaded.info, recorded_model)
+        check_tokenizer(root, found, loaded.tokenizer)
         if loaded.info.backend != mined_backend:
             typer.echo(f"warning: the run was mined on the {mined_backend} backend, this replay "
                        f"uses {loaded.info.backend}; tokens can differ", err=True)

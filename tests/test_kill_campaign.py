@@ -1,0 +1,85 @@
+"""kill -9 at random moments while mining a run WITH pairs; every resume ends byte-identical to one clean run."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from cot_patching import artifacts
+from cot_patching.miner import MineSettings, mine
+from cot_patching.problems import Problem
+
+from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
+
+TESTS = Path(__file__).resolve().parent
+PROBLEMS = [Problem(f"k{i}", f"What is 2 + 3? ({i})", "5") for i in range(6)]
+SCRIPTS = {
+    "k0": [WRONG, CORRECT], "k1": [CORRECT, UNPARSED, WRONG], "k2": [UNPARSED] * 8,
+    "k3": [CORRECT, CORRECT, WRONG], "k4": [WRONG, WRONG, UNPARSED, CORRECT], "k5": [CORRECT, WRONG],
+}
+DERIVED = (artifacts.RUNS_FILE, artifacts.PAIRS_FILE, artifacts.PAIRS_CSV, artifacts.SUMMARY_FILE)
+
+CHILD = """
+import sys, time
+from types import SimpleNamespace
+sys.path.insert(0, sys.argv[1])
+from transformers import AutoTokenizer
+from test_kill_campaign import PROBLEMS, SCRIPTS, SETTINGS, slow_sampler
+from cot_patching.miner import mine
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[3])
+print("ready", flush=True)
+mine(PROBLEMS, SimpleNamespace(tokenizer=tokenizer, info=None), SETTINGS, sys.argv[2], min_pairs=4, progress=False,
+     sampler=slow_sampler(tokenizer))
+"""
+SETTINGS = MineSettings(model="scripted", problems_sha256="k" * 64)
+
+
+def slow_sampler(tokenizer):
+    """The scripted decoder, 100 ms an attempt, so that kills land inside the mining loop."""
+    import time
+
+    inner = ScriptedSampler(tokenizer, SCRIPTS)
+
+    def sample(*args):
+        time.sleep(0.1)
+        return inner(*args)
+
+    return sample
+
+
+def test_kill_9_campaign_on_a_run_with_pairs(smollm2_tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    reference = tmp_path / "clean"
+    result = mine(PROBLEMS, SimpleNamespace(tokenizer=smollm2_tokenizer, info=None), SETTINGS, reference,
+                  min_pairs=4, progress=False, sampler=ScriptedSampler(smollm2_tokenizer, SCRIPTS))
+    assert result.summary["pairs_found"] == 4  # k0, k1, k3, k4; min-pairs stops before k5
+    killed = tmp_path / "killed"
+    tokenizer_dir = tmp_path / "tokenizer"
+    smollm2_tokenizer.save_pretrained(tokenizer_dir)  # loads in a fraction of the GGUF's time
+    rng = random.Random(20261123)
+    kills = 0
+    for _ in range(30):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(TESTS), str(killed), str(tokenizer_dir)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        try:
+            child.wait(timeout=rng.uniform(0.2, 1.0))
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            kills += 1
+            continue
+        assert child.returncode == 0, child.stderr.read()
+        break
+    else:
+        raise AssertionError("the killed run never finished")
+    assert kills >= 3, f"only {kills} kills landed"
+    for name in DERIVED:
+        assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
+    sessions = json.loads((killed / artifacts.MANIFEST_FILE).read_text())["sessions"]
+    assert 1 <= len(sessions) <= kills + 1  # a kill before the lock is taken records no session
