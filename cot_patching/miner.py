@@ -235,22 +235,17 @@ def mine(
         _record_session(outdir, manifest or {}, settings)
         resumed_from = len(runs)
         questions = {p.id: p.question for p in problems}
-        by_problem = artifacts.group_by_problem(runs)
         schedule = settings.schedule
 
-        def derived() -> list[artifacts.PairRecord]:
-            pairs = artifacts.build_pairs(runs, questions, settings.pair_unparsed, settings.strict_format)
-            artifacts.write_derived(outdir, pairs, artifacts.build_summary(runs, pairs))
-            return pairs
-
-        pairs = derived()
+        tally = artifacts.RunTally(runs, questions, settings.pair_unparsed, settings.strict_format)
+        artifacts.write_derived(outdir, tally.pairs, tally.summary())
         attempts_this_call = 0
         bar = _progress_bar(len(problems), progress)
         with artifacts.RunsAppender(runs_path) as appender:
             for problem in problems:
-                if len(pairs) >= min_pairs:
+                if len(tally.pairs) >= min_pairs:
                     break
-                done = by_problem.get(problem.id, [])
+                done = tally.by_problem.get(problem.id, [])
                 records = [line.record for line in done]
                 if artifacts.find_pair(records, settings.pair_unparsed) is None and len(records) < len(schedule):
                     prompt = encode_prompt(model.tokenizer, build_prompt(problem.question))
@@ -258,20 +253,17 @@ def mine(
                         record = run_attempt(model, problem, prompt, attempt, schedule[attempt], settings, sampler)
                         offset = appender.append(record)
                         line = RunLine(offset, record)
-                        runs.append(line)
                         records.append(record)
                         attempts_this_call += 1
-                        pairs = derived()  # derived files never lag runs.jsonl by more than the line in flight
+                        tally.write(outdir, tally.add(line))  # derived files lag runs.jsonl by at most this line
                         if artifacts.find_pair(records, settings.pair_unparsed) is not None:
                             break
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(pairs=f"{len(pairs)}/{min_pairs}", attempts=len(runs))
+                    bar.set_postfix(pairs=f"{len(tally.pairs)}/{min_pairs}", attempts=tally.counts.attempts)
         if bar is not None:
             bar.close()
-        pairs = derived()
-        summary = artifacts.build_summary(runs, pairs)
-    return MineResult(summary=summary, pairs=pairs, attempts_this_call=attempts_this_call,
+    return MineResult(summary=tally.summary(), pairs=tally.pairs, attempts_this_call=attempts_this_call,
                       resumed_from=resumed_from)
 
 

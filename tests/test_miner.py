@@ -165,3 +165,22 @@ def test_real_sampler_on_tiny_model_records_spans_and_invariants(tiny, tmp_path)
                                                      clean_up_tokenization_spaces=False)
         assert record.prompt_token_ids[-4:] == tiny.tokenizer("<|im_start|>assistant\n")["input_ids"]
         assert len(record.token_logprobs) == len(record.token_ids)
+
+
+def test_incremental_pairs_and_summary_equal_a_rebuild_from_all_runs(tiny, tmp_path):
+    import random
+
+    rng = random.Random(7)
+    problems = [Problem(f"r{i:02d}", f"What is 2 + 3? ({i})", "5") for i in range(30)]
+    scripts = {p.id: [rng.choice([CORRECT, WRONG, UNPARSED]) for _ in range(8)] for p in problems}
+    half = mine(problems[:15], tiny, settings(), tmp_path, min_pairs=100, progress=False,
+                sampler=ScriptedSampler(tiny.tokenizer, scripts))
+    result = mine(problems, tiny, settings(), tmp_path, min_pairs=100, progress=False,
+                  sampler=ScriptedSampler(tiny.tokenizer, scripts))
+    runs = artifacts.read_runs(tmp_path / artifacts.RUNS_FILE)
+    rebuilt = artifacts.build_pairs(runs, {p.id: p.question for p in problems})
+    assert 0 < len(half.pairs) < len(rebuilt)
+    assert [p.to_line() for p in result.pairs] == [p.to_line() for p in rebuilt]
+    assert (tmp_path / artifacts.PAIRS_FILE).read_text() == "".join(p.to_line() for p in rebuilt)
+    assert (tmp_path / artifacts.PAIRS_CSV).read_text() == artifacts.pairs_csv(rebuilt)
+    assert json.loads((tmp_path / artifacts.SUMMARY_FILE).read_text()) == artifacts.build_summary(runs, rebuilt)

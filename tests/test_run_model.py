@@ -52,10 +52,11 @@ def test_reproduce_with_a_moved_model_from_another_directory(tmp_path, monkeypat
     data = bytearray(moved.read_bytes())
     data[-1] ^= 0xFF
     wrong.write_bytes(bytes(data))
-    for command in (["reproduce", "--outdir", run_dir, "--all-runs"], ["validate", run_dir],
-                    ["cache-activations", "--results", run_dir], ["repair", run_dir]):
+    for command in (["reproduce", "--outdir", run_dir, "--all-runs"], ["validate", run_dir], ["repair", run_dir]):
         refused = runner.invoke(app, [*command, "--model", str(wrong)])
         assert refused.exit_code == 2, (command, refused.output)
         lines = [line for line in refused.output.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and "is not this run's model" in lines[0], refused.output
     assert json.loads((work / "run" / "manifest.json").read_text())["settings"]["model"] == "models/smol.gguf"
+    no_pairs = runner.invoke(app, ["cache-activations", "--results", run_dir, "--model", str(moved)])
+    assert no_pairs.exit_code == 2 and "has no pairs yet: nothing to cache" in no_pairs.output, no_pairs.output
