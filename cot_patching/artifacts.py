@@ -61,10 +61,14 @@ class RunRecord:
     chat_template_applied: bool = False
     model_revision: str | None = None
     token_logprobs: list[float] = field(default_factory=list)
+    error: str | None = None  # set (with finish_reason "error") when the attempt failed deterministically
 
     def to_line(self) -> bytes:
-        """One JSON line, UTF-8, newline-terminated."""
-        return (json.dumps(asdict(self), ensure_ascii=False) + "\n").encode("utf-8")
+        """One JSON line, UTF-8, newline-terminated (`error` only where there was one)."""
+        data = asdict(self)
+        if data["error"] is None:
+            del data["error"]
+        return (json.dumps(data, ensure_ascii=False) + "\n").encode("utf-8")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
@@ -81,6 +85,13 @@ RUN_FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+OPTIONAL_RUN_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "gold_answer": (str,), "normalized_answer": (str, type(None)), "score_rule": (str,),
+    "strict_format_ok": (bool,), "chat_template_applied": (bool,), "model_revision": (str, type(None)),
+    "token_logprobs": (list,), "error": (str, type(None)),
+}
+
+
 def run_problems(data: Any) -> list[str]:
     """What makes a parsed runs.jsonl line not a run record (missing or mistyped fields)."""
     if not isinstance(data, dict):
@@ -90,6 +101,10 @@ def run_problems(data: Any) -> list[str]:
         if name not in data:
             problems.append(f"missing field {name}")
         elif not isinstance(data[name], types) or (bool not in types and isinstance(data[name], bool)):
+            problems.append(f"field {name} has type {type(data[name]).__name__}")
+    for name, types in OPTIONAL_RUN_FIELD_TYPES.items():
+        if name in data and (not isinstance(data[name], types)
+                             or (bool not in types and isinstance(data[name], bool))):
             problems.append(f"field {name} has type {type(data[name]).__name__}")
     known = {f.name for f in fields(RunRecord)}
     return problems or [f"unknown field {k}" for k in data if k not in known]
@@ -292,7 +307,8 @@ def find_pair(attempts: Sequence[RunRecord], pair_unparsed: bool = False) -> tup
     """Indices (correct, incorrect) of the first correct and first usable incorrect attempt, if both exist."""
     correct = next((i for i, r in enumerate(attempts) if r.correct), None)
     incorrect = next(
-        (i for i, r in enumerate(attempts) if not r.correct and (r.parse_ok or pair_unparsed)), None
+        (i for i, r in enumerate(attempts)
+         if not r.correct and (r.parse_ok or pair_unparsed) and r.error is None), None
     )
     if correct is None or incorrect is None:
         return None

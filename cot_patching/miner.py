@@ -250,7 +250,14 @@ def mine(
                 if artifacts.find_pair(records, settings.pair_unparsed) is None and len(records) < len(schedule):
                     prompt = encode_prompt(model.tokenizer, build_prompt(problem.question))
                     for attempt in range(len(records), len(schedule)):
-                        record = run_attempt(model, problem, prompt, attempt, schedule[attempt], settings, sampler)
+                        try:
+                            record = run_attempt(model, problem, prompt, attempt, schedule[attempt], settings,
+                                                 sampler)
+                        except DETERMINISTIC_ERRORS as err:
+                            if _is_device_error(err):
+                                raise
+                            record = failed_attempt(problem, prompt, attempt, schedule[attempt], settings, err,
+                                                    getattr(getattr(model, "info", None), "revision", None))
                         offset = appender.append(record)
                         line = RunLine(offset, record)
                         records.append(record)
@@ -293,6 +300,34 @@ def run_attempt(
         model_revision=getattr(getattr(model, "info", None), "revision", None),
         token_logprobs=[round(x, 6) for x in generation.token_logprobs],
         **trace.record_fields(),
+    )
+
+
+# Errors an attempt can raise that come from its own numbers and text (they recur on every replay), as opposed to
+# the machine (CUDA, memory, disk), which stop the run instead.
+DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (ValueError, ArithmeticError, IndexError, KeyError,
+                                                         RuntimeError)
+
+
+def _is_device_error(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or "cuda" in text or "out of memory" in text or "device" in text
+
+
+def failed_attempt(
+    problem: Problem, prompt: EncodedPrompt, attempt: int, temperature: float, settings: MineSettings,
+    err: BaseException, model_revision: str | None,
+) -> RunRecord:
+    """The record of an attempt that failed deterministically: logged with its reason, never part of a pair, so
+    the problem's next attempt follows and a resumed run does not die on it again."""
+    return RunRecord(
+        id=problem.id, attempt=attempt, temperature=temperature, top_p=settings.top_p,
+        seed=attempt_seed(problem.id, attempt), model=settings.model, prompt=prompt.text, text="",
+        final_answer=None, correct=False, parse_ok=False, token_ids=[], step_spans=[], final_answer_span=None,
+        prompt_token_ids=prompt.token_ids, max_new_tokens=settings.max_new_tokens, finish_reason="error",
+        gold_answer=problem.gold_answer, normalized_answer=None, score_rule="no_answer", strict_format_ok=False,
+        chat_template_applied=prompt.chat_template_applied, model_revision=model_revision,
+        error=f"{type(err).__name__}: {err}"[:500],
     )
 
 

@@ -32,6 +32,15 @@ def first_mismatch(logged: Sequence[int], replayed: Sequence[int]) -> int | None
 def replay_attempt(model: Any, record: RunRecord) -> ReplayResult:
     """Decode the record's prompt ids again with its temperature, top-p, max tokens and seed."""
     config = DecodeConfig(record.temperature, record.top_p, record.max_new_tokens)
+    if record.error is not None:  # an attempt that failed: replaying it must fail the same way
+        try:
+            sample(model, record.prompt_token_ids, config, record.seed)
+        except Exception as err:  # noqa: BLE001 - any failure is compared with the logged one by its type
+            same = record.error.startswith(f"{type(err).__name__}:")
+            return ReplayResult(id=record.id, attempt=record.attempt, match=same, n_logged=0, n_replayed=0,
+                                first_mismatch=None if same else 0)
+        return ReplayResult(id=record.id, attempt=record.attempt, match=False, n_logged=0, n_replayed=0,
+                            first_mismatch=0)
     generation = sample(model, record.prompt_token_ids, config, record.seed)
     logged, replayed = record.token_ids, generation.token_ids
     mismatch = first_mismatch(logged, replayed)

@@ -107,8 +107,13 @@ def _check_run(record: RunRecord, settings: dict[str, Any], schedule: list[float
             out.append(f"{where}: {name} {getattr(record, name)!r} differs from the run settings")
     if len(record.token_ids) > record.max_new_tokens:
         out.append(f"{where}: {len(record.token_ids)} tokens exceed max_new_tokens")
-    if record.finish_reason not in ("stop", "length"):
-        out.append(f"{where}: finish_reason {record.finish_reason!r} is neither 'stop' nor 'length'")
+    if record.finish_reason not in ("stop", "length", "error") or (record.finish_reason == "error") != (
+        isinstance(record.error, str) and bool(record.error)
+    ):
+        out.append(f"{where}: finish_reason {record.finish_reason!r} is not 'stop' or 'length', or 'error' with "
+                   "its error")
+    if record.error is not None and record.token_ids:
+        out.append(f"{where}: an attempt that failed has token ids")
     if record.token_logprobs and (len(record.token_logprobs) != len(record.token_ids) or not all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and x <= 0 for x in record.token_logprobs
     )):

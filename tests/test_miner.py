@@ -184,3 +184,56 @@ def test_incremental_pairs_and_summary_equal_a_rebuild_from_all_runs(tiny, tmp_p
     assert (tmp_path / artifacts.PAIRS_FILE).read_text() == "".join(p.to_line() for p in rebuilt)
     assert (tmp_path / artifacts.PAIRS_CSV).read_text() == artifacts.pairs_csv(rebuilt)
     assert json.loads((tmp_path / artifacts.SUMMARY_FILE).read_text()) == artifacts.build_summary(runs, rebuilt)
+
+
+class FailingOnce(ScriptedSampler):
+    """The scripted decoder, except that one (problem, attempt) raises what a numeric failure raises."""
+
+    def __init__(self, tokenizer, scripts, fail_seed, error):
+        super().__init__(tokenizer, scripts)
+        self.fail_seed, self.error = fail_seed, error
+
+    def __call__(self, model, prompt_ids, config, seed):
+        if seed == self.fail_seed:
+            raise self.error
+        return super().__call__(model, prompt_ids, config, seed)
+
+
+def test_a_deterministic_failure_is_recorded_and_mining_moves_on(tiny, tmp_path):
+    from cot_patching.validate import validate_outdir
+
+    error = RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+    sampler = FailingOnce(tiny.tokenizer, {"p0": [CORRECT, WRONG, WRONG]}, attempt_seed("p0", 1), error)
+    result = mine(PROBLEMS[:1], tiny, settings(), tmp_path, progress=False, sampler=sampler)
+    runs = runs_of(tmp_path)
+    assert [(r.attempt, r.finish_reason) for r in runs] == [(0, "stop"), (1, "error"), (2, "stop")]
+    assert runs[1].error.startswith("RuntimeError: probability tensor") and not runs[1].token_ids
+    assert [(p.correct_ref["attempt"], p.incorrect_ref["attempt"]) for p in result.pairs] == [(0, 2)]
+    assert validate_outdir(tmp_path, tiny.tokenizer) == []
+    again = mine(PROBLEMS[:1], tiny, settings(), tmp_path, progress=False, sampler=sampler)
+    assert again.attempts_this_call == 0  # the resumed run does not die on the failed attempt again
+
+
+def test_a_device_failure_stops_the_run_and_records_nothing(tiny, tmp_path):
+    sampler = FailingOnce(tiny.tokenizer, {"p0": [CORRECT, WRONG]}, attempt_seed("p0", 1),
+                          RuntimeError("CUDA error: an illegal memory access was encountered"))
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        mine(PROBLEMS[:1], tiny, settings(), tmp_path, progress=False, sampler=sampler)
+    assert [r.attempt for r in runs_of(tmp_path)] == [0]
+
+
+def test_replaying_a_failed_attempt_fails_the_same_way(tiny):
+    from cot_patching.miner import failed_attempt
+    from cot_patching.prompt import EncodedPrompt
+    from cot_patching.replay import replay_attempt
+
+    prompt = EncodedPrompt(text="x", token_ids=[len(tiny.tokenizer) + 5], chat_template_applied=False)
+    try:
+        from cot_patching.sampling import DecodeConfig, sample
+
+        sample(tiny, prompt.token_ids, DecodeConfig(0.0, 0.95, 4), 1)
+    except Exception as err:  # an id outside the embedding: the failure replay must meet again
+        record = failed_attempt(PROBLEMS[0], prompt, 0, 0.0, settings(), err, None)
+    assert replay_attempt(tiny, record).match
+    other = failed_attempt(PROBLEMS[0], prompt, 0, 0.0, settings(), ZeroDivisionError("x"), None)
+    assert not replay_attempt(tiny, other).match  # negative control: a different failure is a mismatch
