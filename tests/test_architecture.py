@@ -1,0 +1,39 @@
+"""The import order (pyproject's import-linter contract) and the lint gate hold; an upward import is caught."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    script = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True)
+
+
+def test_import_layers_are_kept():
+    result = _lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    shutil.copytree(REPO / "cot_patching", tmp_path / "cot_patching")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    parsing = tmp_path / "cot_patching" / "parsing.py"
+    parsing.write_text(parsing.read_text() + "\nfrom cot_patching import miner  # noqa: E402,F401\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "cot_patching.parsing -> cot_patching.miner" in result.stdout, result.stdout
+
+
+def test_ruff_passes():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "cot_patching", "tests", "bench"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
