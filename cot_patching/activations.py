@@ -132,9 +132,6 @@ def trace_activations(
     return tensors, meta
 
 
-pair_file_name = artifacts.cache_file_name
-
-
 def cache_pair(model: Any, pair: LoadedPair, settings: CacheSettings, out_dir: Path,
                model_info: dict[str, Any], strict_format: bool = False) -> dict[str, Any]:
     """Cache both traces of one pair (one in memory at a time) into one safetensors file; its index line."""
@@ -146,7 +143,7 @@ def cache_pair(model: Any, pair: LoadedPair, settings: CacheSettings, out_dir: P
         trace_tensors, steps_meta = trace_activations(model, record, steps, settings)
         tensors.update({f"{trace}/{key}": value for key, value in trace_tensors.items()})
         traces[trace] = {"attempt": record.attempt, "runs_offset": pair.runs_offset(trace), "steps": steps_meta}
-    path = out_dir / pair_file_name(pair.id)
+    path = out_dir / artifacts.cache_file_name(pair.id)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))  # no metadata: its key order is not stable, and the index holds it
     os.chmod(tmp, artifacts.default_file_mode())

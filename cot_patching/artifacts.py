@@ -12,7 +12,7 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from cot_patching.parsing import parse_trace, select_steps
 
@@ -96,13 +96,8 @@ def run_problems(data: Any) -> list[str]:
     """What makes a parsed runs.jsonl line not a run record (missing or mistyped fields)."""
     if not isinstance(data, dict):
         return ["not a JSON object"]
-    problems = []
-    for name, types in RUN_FIELD_TYPES.items():
-        if name not in data:
-            problems.append(f"missing field {name}")
-        elif not isinstance(data[name], types) or (bool not in types and isinstance(data[name], bool)):
-            problems.append(f"field {name} has type {type(data[name]).__name__}")
-    for name, types in OPTIONAL_RUN_FIELD_TYPES.items():
+    problems = [f"missing field {name}" for name in RUN_FIELD_TYPES if name not in data]
+    for name, types in {**RUN_FIELD_TYPES, **OPTIONAL_RUN_FIELD_TYPES}.items():
         if name in data and (not isinstance(data[name], types)
                              or (bool not in types and isinstance(data[name], bool))):
             problems.append(f"field {name} has type {type(data[name]).__name__}")
@@ -216,26 +211,48 @@ def drop_torn_tail(path: Path) -> int:
     return len(data) - keep
 
 
+@dataclass(frozen=True)
+class ScannedLine:
+    """One line of runs.jsonl as read: its record, or what makes it not one."""
+
+    number: int  # 1-based
+    offset: int  # byte offset of the line
+    raw: bytes
+    record: RunRecord | None
+    problems: list[str]
+    torn: bool = False  # the last line, without its newline (a kill mid-write)
+
+
+def scan_runs(path: Path) -> Iterator[ScannedLine]:
+    """Every line of runs.jsonl, damaged ones included, each with its number, offset and problems."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                yield ScannedLine(number, offset, raw, None, ["torn last line (no newline)"], torn=True)
+                return
+            try:
+                data = json.loads(raw)
+            except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+                problems = [f"not valid JSON ({getattr(err, 'msg', err)})"]
+            else:
+                problems = run_problems(data)
+            yield ScannedLine(number, offset, raw, None if problems else RunRecord.from_json(data), problems)
+            offset += len(raw)
+
+
 def read_runs(path: Path) -> list[RunLine]:
     """Every complete line of runs.jsonl with its byte offset; a torn last line is ignored."""
     path = Path(path)
     if not path.exists():
         return []
     lines: list[RunLine] = []
-    offset = 0
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                data = json.loads(raw)
-            except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
-                raise ArtifactError(f"{path}:{number}: not valid JSON ({getattr(err, 'msg', err)})") from None
-            problems = run_problems(data)
-            if problems:
-                raise ArtifactError(f"{path}:{number}: {'; '.join(problems)}")
-            lines.append(RunLine(offset, RunRecord.from_json(data)))
-            offset += len(raw)
+    for line in scan_runs(path):
+        if line.torn:
+            break
+        if line.record is None:
+            raise ArtifactError(f"{path}:{line.number}: {'; '.join(line.problems)}")
+        lines.append(RunLine(line.offset, line.record))
     return lines
 
 

@@ -245,11 +245,10 @@ def mine(
             for problem in problems:
                 if len(tally.pairs) >= min_pairs:
                     break
-                done = tally.by_problem.get(problem.id, [])
-                records = [line.record for line in done]
-                if artifacts.find_pair(records, settings.pair_unparsed) is None and len(records) < len(schedule):
+                made = len(tally.by_problem.get(problem.id, []))
+                if problem.id not in tally.by_id and made < len(schedule):
                     prompt = encode_prompt(model.tokenizer, build_prompt(problem.question))
-                    for attempt in range(len(records), len(schedule)):
+                    for attempt in range(made, len(schedule)):
                         try:
                             record = run_attempt(model, problem, prompt, attempt, schedule[attempt], settings,
                                                  sampler)
@@ -259,11 +258,9 @@ def mine(
                             record = failed_attempt(problem, prompt, attempt, schedule[attempt], settings, err,
                                                     getattr(getattr(model, "info", None), "revision", None))
                         offset = appender.append(record)
-                        line = RunLine(offset, record)
-                        records.append(record)
                         attempts_this_call += 1
-                        tally.write(outdir, tally.add(line))  # derived files lag runs.jsonl by at most this line
-                        if artifacts.find_pair(records, settings.pair_unparsed) is not None:
+                        tally.write(outdir, tally.add(RunLine(offset, record)))  # derived files lag by this line
+                        if problem.id in tally.by_id:  # the stop rule: this problem has its pair
                             break
                 if bar is not None:
                     bar.update(1)

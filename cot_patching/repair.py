@@ -122,20 +122,12 @@ def _read_lines(path: Path) -> tuple[list[RunRecord], list[tuple[str, str]]]:
     damaged: list[tuple[str, str]] = []
     if not path.exists():
         return records, damaged
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            text = raw.decode("utf-8", errors="replace")
-            try:
-                data = json.loads(raw)
-            except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
-                damaged.append((text, f"{artifacts.RUNS_FILE} line {number}: not valid JSON "
-                                      f"({getattr(err, 'msg', err)})"))
-                continue
-            problems = artifacts.run_problems(data)
-            if problems:
-                damaged.append((text, f"{artifacts.RUNS_FILE} line {number}: {'; '.join(problems)}"))
-                continue
-            records.append(RunRecord.from_json(data))
+    for line in artifacts.scan_runs(path):
+        if line.record is None:
+            damaged.append((line.raw.decode("utf-8", errors="replace"),
+                            f"{artifacts.RUNS_FILE} line {line.number}: {'; '.join(line.problems)}"))
+        else:
+            records.append(line.record)
     return records, damaged
 
 

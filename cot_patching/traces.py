@@ -96,10 +96,10 @@ class AnalyzedTrace(Verdict):
 
 
 def analyze_trace(
-    tokenizer: Any, token_ids: Sequence[int], gold: str, strict: bool = False
+    tokenizer: Any, token_ids: Sequence[int], gold: str, strict: bool = False, offsets: TokenOffsets | None = None,
 ) -> AnalyzedTrace:
-    """Decode, parse, score and locate the steps and final answer of one attempt."""
-    offsets = TokenOffsets.build(tokenizer, token_ids)
+    """Decode, parse, score and locate the steps and final answer of one attempt (`offsets`: already built)."""
+    offsets = offsets or TokenOffsets.build(tokenizer, token_ids)
     verdict = judge_text(offsets.text, gold, strict=strict)
     steps = []
     for step in verdict.parsed.steps:

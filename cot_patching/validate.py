@@ -71,23 +71,11 @@ def _read_runs(root: Path, found: list[Violation]) -> list[RunLine]:
         found.append(Violation(artifacts.RUNS_FILE, 0, "missing"))
         return []
     runs: list[RunLine] = []
-    offset = 0
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            start, offset = offset, offset + len(raw)
-            if not raw.endswith(b"\n"):
-                found.append(Violation(artifacts.RUNS_FILE, number, "torn last line (no newline)"))
-                break
-            try:
-                data = json.loads(raw)
-            except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
-                found.append(Violation(artifacts.RUNS_FILE, number, f"not valid JSON ({getattr(err, 'msg', err)})"))
-                continue
-            problems = artifacts.run_problems(data)
-            if problems:
-                found += [Violation(artifacts.RUNS_FILE, number, m) for m in problems]
-                continue
-            runs.append(RunLine(start, RunRecord.from_json(data)))
+    for line in artifacts.scan_runs(path):
+        if line.record is None:
+            found += [Violation(artifacts.RUNS_FILE, line.number, m) for m in line.problems]
+        else:
+            runs.append(RunLine(line.offset, line.record))
     return runs
 
 
@@ -163,11 +151,11 @@ def _check_tokens(record: RunRecord, tokenizer: Any, strict: bool) -> list[str]:
     prompt = encode_prompt(tokenizer, record.prompt)
     if (prompt.token_ids, prompt.chat_template_applied) != (record.prompt_token_ids, record.chat_template_applied):
         out.append("prompt_token_ids / chat_template_applied are not what the tokenizer makes of prompt")
-    trace = analyze_trace(tokenizer, record.token_ids, record.gold_answer, strict)
+    offsets = TokenOffsets.build(tokenizer, record.token_ids)
+    trace = analyze_trace(tokenizer, record.token_ids, record.gold_answer, strict, offsets)
     if trace.text != record.text:
         out.append("text != decode(token_ids)")
         return out
-    offsets = TokenOffsets.build(tokenizer, record.token_ids)
     for span in record.step_spans:
         try:
             expected = offsets.span(span["char_start"], span["char_end"])

@@ -19,17 +19,14 @@ def repair_command(
     pairs/csv/summary, and record the repair in the manifest. Attempts a fresh run would not have made, and damaged
     lines, move to runs.set-aside.jsonl; nothing is deleted."""
     from cot_patching import artifacts
-    from cot_patching.cli.run_model import check_tokenizer, run_model
-    from cot_patching.models import load_tokenizer, resolve_model
+    from cot_patching.cli.run_model import run_tokenizer
     from cot_patching.repair import repair_run
 
     with clear_errors():
         root = Path(outdir)
         if not (root / artifacts.MANIFEST_FILE).is_file():
             raise artifacts.ArtifactError(f"{root} has no {artifacts.MANIFEST_FILE}: not a mining output directory")
-        found = run_model(root, model)
-        tokenizer = load_tokenizer(resolve_model(found.spec))
-        check_tokenizer(root, found, tokenizer)
+        tokenizer = run_tokenizer(root, model)
         report = repair_run(root, tokenizer)
     typer.echo(f"{root}: {report.runs_before} attempts read, {report.relabelled} relabelled, "
                f"{report.respanned} with new spans; pairs {report.pairs_before} -> {report.pairs_after}")

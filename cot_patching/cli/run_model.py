@@ -71,3 +71,13 @@ def check_tokenizer(root: Path, found: RunModel, tokenizer: Any) -> None:
         raise artifacts.ArtifactError(f"the tokenizer of {found.spec} is not the run's (tokenizer_sha256 differs)")
     typer.echo(f"warning: tokenizer hash differs from the run's, with {', '.join(changed)}; every decode is "
                "checked against the recorded text", err=True)
+
+
+def run_tokenizer(root: Path, override: str | None) -> Any:
+    """The run's tokenizer (from `--model` or the recorded model), its identity checked as `check_tokenizer` does."""
+    from cot_patching.models import load_tokenizer, resolve_model
+
+    found = run_model(root, override)
+    tokenizer = load_tokenizer(resolve_model(found.spec))
+    check_tokenizer(root, found, tokenizer)
+    return tokenizer

@@ -21,8 +21,7 @@ def validate_command(
 ) -> None:
     """Print each violation as FILE:LINE: message; exit 1 if there is any."""
     from cot_patching import artifacts
-    from cot_patching.cli.run_model import check_tokenizer, run_model
-    from cot_patching.models import load_tokenizer, resolve_model
+    from cot_patching.cli.run_model import run_tokenizer
     from cot_patching.validate import validate_outdir
 
     with clear_errors():
@@ -31,9 +30,7 @@ def validate_command(
             raise artifacts.ArtifactError(f"{root} is not a directory")
         tokenizer = None
         if tokens:
-            found = run_model(root, model)
-            tokenizer = load_tokenizer(resolve_model(found.spec))
-            check_tokenizer(root, found, tokenizer)
+            tokenizer = run_tokenizer(root, model)
         violations = validate_outdir(root, tokenizer)
         disagreements = []
         if math_verify:
