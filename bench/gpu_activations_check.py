@@ -20,7 +20,7 @@ from transformers import LlamaForCausalLM  # noqa: E402
 from cot_patching.activations import CacheSettings, cache_activations, hook_name, load_activations  # noqa: E402
 from cot_patching.artifacts import load_pairs  # noqa: E402
 from cot_patching.models import from_hf_model  # noqa: E402
-from cot_patching.patching import ResidualPatch, run_with_patches  # noqa: E402
+from cot_patching.experiments.patching import ResidualPatch, run_with_patches  # noqa: E402
 
 config = llama31_8b_config()
 config.num_hidden_layers = 4

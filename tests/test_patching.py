@@ -5,7 +5,7 @@ import torch
 
 from cot_patching.activations import CacheSettings, cache_activations, load_activations
 from cot_patching.artifacts import load_pairs
-from cot_patching.patching import (
+from cot_patching.experiments.patching import (
     ResidualPatch, answer_target, final_answer_target, run_with_patches, target_logprobs,
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cot_patching.cli import build_sample, cache_activations, mine, repair, reproduce, validate
+from cot_patching.cli import build_sample, cache_activations, mine, patch, repair, reproduce, validate
 
 app = typer.Typer(
     name="cot-patching",
@@ -19,6 +19,7 @@ app.command("build-sample")(build_sample.build_sample_command)
 app.command("cache-activations")(cache_activations.cache_activations_command)
 app.command("validate")(validate.validate_command)
 app.command("repair")(repair.repair_command)
+app.command("patch")(patch.patch_command)
 
 
 def main() -> None:

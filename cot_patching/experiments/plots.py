@@ -1,0 +1,120 @@
+"""Layer x step heatmaps of `normalized`: per pair, and the mean over pairs with a bootstrap confidence interval."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+ANSWER_COLUMN = "answer"  # the final_answer alignment, shown as the last column
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def grid(rows: Sequence[dict[str, Any]], direction: str, hook: str, pair_id: str | None = None
+         ) -> tuple[list[int], list[str], dict[tuple[int, str], list[float]]]:
+    """(layers, columns, values): `normalized` per (layer, step column), one value per pair (NaN cells skipped)."""
+    chosen = [row for row in rows if row["direction"] == direction and row["hook"] == hook
+              and row["alignment"] in ("step", "final_answer")
+              and (pair_id is None or row["pair_id"] == pair_id)
+              and row["normalized"] is not None and not math.isnan(row["normalized"])]
+    layers = sorted({row["layer"] for row in chosen})
+    steps = sorted({row["step_idx"] for row in chosen if row["alignment"] == "step"})
+    columns = [f"step {k}" for k in steps] + ([ANSWER_COLUMN] if any(r["alignment"] == "final_answer"
+                                                                      for r in chosen) else [])
+    values: dict[tuple[int, str], list[float]] = {}
+    for row in chosen:
+        column = ANSWER_COLUMN if row["alignment"] == "final_answer" else f"step {row['step_idx']}"
+        values.setdefault((row["layer"], column), []).append(row["normalized"])
+    return layers, columns, values
+
+
+def bootstrap_mean(values: Sequence[float], samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
+                   level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean and a percentile bootstrap interval, resampling the values (one per pair)."""
+    if not values:
+        return math.nan, math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, math.nan, math.nan
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(samples))
+    low = means[int((1 - level) / 2 * samples)]
+    high = means[min(samples - 1, int((1 + level) / 2 * samples))]
+    return mean, low, high
+
+
+def _draw(ax: Any, matrix: list[list[float]], layers: list[int], columns: list[str], title: str,
+          annotate: list[list[str]] | None = None) -> Any:
+    import numpy as np
+
+    data = np.array(matrix, dtype=float)
+    image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1,
+                      interpolation="nearest")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=7)
+    step = max(1, len(layers) // 12)
+    ax.set_yticks(range(0, len(layers), step), [str(layer) for layer in layers][::step], fontsize=7)
+    ax.set_xlabel("aligned step")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    if annotate is not None and len(layers) * len(columns) <= 200:
+        for i, line in enumerate(annotate):
+            for j, text in enumerate(line):
+                ax.text(j, i, text, ha="center", va="center", fontsize=5)
+    return image
+
+
+def write_heatmaps(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Per direction and hook: the mean heatmap with its 95% CI, and one heatmap per pair; PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    pair_ids = list(dict.fromkeys(row["pair_id"] for row in rows))
+    for direction in dict.fromkeys(row["direction"] for row in rows):
+        for hook in dict.fromkeys(row["hook"] for row in rows):
+            layers, columns, values = grid(rows, direction, hook)
+            if not layers or not columns:
+                continue
+            stats = {key: bootstrap_mean(vals) for key, vals in values.items()}
+            mean = [[stats.get((layer, c), (math.nan,) * 3)[0] for c in columns] for layer in layers]
+            width = [[(stats[(layer, c)][2] - stats[(layer, c)][1]) / 2 if (layer, c) in stats else math.nan
+                      for c in columns] for layer in layers]
+            counts = [[str(len(values.get((layer, c), []))) for c in columns] for layer in layers]
+            fig, axes = plt.subplots(1, 2, figsize=(4 + 1.1 * len(columns), 1.8 + 0.18 * len(layers)),
+                                     constrained_layout=True)
+            image = _draw(axes[0], mean, layers, columns,
+                          f"{direction}, {hook}: mean normalized over {len(pair_ids)} pairs (n per cell)", counts)
+            _draw(axes[1], width, layers, columns, "95% bootstrap CI half-width over pairs")
+            fig.colorbar(image, ax=axes, shrink=0.8, label="normalized (0 = no effect, 1 = source)")
+            written += _save(fig, out_dir / f"heatmap_{direction}_{hook}_mean")
+            plt.close(fig)
+            per_pair = [pid for pid in pair_ids if grid(rows, direction, hook, pid)[0]]
+            if per_pair:
+                fig, axes = plt.subplots(1, len(per_pair), squeeze=False,
+                                         figsize=(2.2 + 2.6 * len(per_pair), 1.8 + 0.18 * len(layers)),
+                                         constrained_layout=True)
+                for ax, pid in zip(axes[0], per_pair):
+                    p_layers, p_columns, p_values = grid(rows, direction, hook, pid)
+                    matrix = [[p_values[(layer, c)][0] if (layer, c) in p_values else math.nan for c in p_columns]
+                              for layer in p_layers]
+                    image = _draw(ax, matrix, p_layers, p_columns, f"{pid} ({direction}, {hook})")
+                fig.colorbar(image, ax=axes, shrink=0.8, label="normalized")
+                written += _save(fig, out_dir / f"heatmap_{direction}_{hook}_pairs")
+                plt.close(fig)
+    return written
+
+
+def _save(fig: Any, stem: Path) -> list[Path]:
+    paths = []
+    for suffix in (".png", ".svg"):
+        path = stem.with_suffix(suffix)
+        tmp = path.with_name(path.name + ".tmp")
+        fig.savefig(tmp, dpi=150, format=suffix[1:], metadata={"Date": None} if suffix == ".svg" else None)
+        tmp.replace(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,67 @@
+"""The patching study's tables on disk (results.csv, attribution.csv) and views of them: rows, [layer, step] tensors."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+RESULTS_FILE = "results.csv"
+ATTRIBUTION_FILE = "attribution.csv"
+RESULT_COLUMNS = ("pair_id", "direction", "hook", "layer", "alignment", "step_idx", "position", "n_positions",
+                  "metric_recipient", "metric_source", "metric_patched", "normalized", "attribution")
+ATTRIBUTION_COLUMNS = ("pair_id", "direction", "hook", "layer", "alignment", "step_idx", "answer", "position",
+                       "source_position", "attribution")
+INT_COLUMNS = {"layer", "step_idx", "position", "n_positions", "source_position"}
+FLOAT_COLUMNS = {"metric_recipient", "metric_source", "metric_patched", "normalized", "attribution"}
+
+
+def csv_line(values: Sequence[Any]) -> str:
+    """One CSV line; floats written with repr (round-trips exactly), None as an empty field."""
+    cells = []
+    for value in values:
+        if value is None:
+            cells.append("")
+        elif isinstance(value, float):
+            cells.append(repr(value))
+        else:
+            text = str(value)
+            cells.append('"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text)
+    return ",".join(cells) + "\n"
+
+
+def _typed(row: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in INT_COLUMNS:
+            out[key] = int(value) if value != "" else None
+        elif key in FLOAT_COLUMNS:
+            out[key] = float(value) if value != "" else None
+        else:
+            out[key] = value
+    return out
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """Every row of results.csv or attribution.csv, ints and floats parsed (empty fields are None)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [_typed(row) for row in csv.DictReader(handle)]
+
+
+def layer_step_tensor(
+    rows: Sequence[dict[str, Any]], pair_id: str, direction: str, hook: str = "resid_post", value: str = "normalized",
+) -> tuple[Float[Tensor, "layer step"], list[int], list[int]]:
+    """One pair's step-aligned results as a [layer, step] tensor (NaN where absent), with its layers and steps."""
+    chosen = [row for row in rows if row["pair_id"] == pair_id and row["direction"] == direction
+              and row["hook"] == hook and row["alignment"] == "step"]
+    layers = sorted({row["layer"] for row in chosen})
+    steps = sorted({row["step_idx"] for row in chosen})
+    out = torch.full((len(layers), len(steps)), math.nan)
+    for row in chosen:
+        out[layers.index(row["layer"]), steps.index(row["step_idx"])] = row[value] if row[value] is not None else math.nan
+    return out, layers, steps
