@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -14,10 +10,10 @@ import torch
 
 from cot_patching.artifacts import load_pairs
 from cot_patching.experiments.alignment import (
-    ScoredTrace, cells_for, final_answer_cell, first_difference, position_cells, scored_trace, step_cell,
+    ScoredTrace, cells_for, final_answer_cell, first_difference, position_cells, step_cell,
 )
 from cot_patching.experiments.attribution import ranks, recipient_gradients, spearman
-from cot_patching.experiments.patching import run_rows_with_patches, run_with_patches
+from cot_patching.experiments.patching import run_rows_with_patches
 from cot_patching.experiments.plots import bootstrap_mean
 from cot_patching.experiments.study import StudyError, run_study
 from cot_patching.experiments.sweep import (
