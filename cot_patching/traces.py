@@ -116,3 +116,11 @@ def analyze_trace(
         step_spans=steps,
         final_answer_span=answer_span,
     )
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int:
+    """Index of the first token where two traces differ (the shorter length if one is a prefix of the other)."""
+    for index, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return index
+    return min(len(a), len(b))

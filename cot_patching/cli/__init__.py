@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cot_patching.cli import build_sample, cache_activations, mine, patch, repair, reproduce, validate
+from cot_patching.cli import build_sample, cache_activations, mine, patch, repair, report, reproduce, validate
 
 app = typer.Typer(
     name="cot-patching",
@@ -20,6 +20,7 @@ app.command("cache-activations")(cache_activations.cache_activations_command)
 app.command("validate")(validate.validate_command)
 app.command("repair")(repair.repair_command)
 app.command("patch")(patch.patch_command)
+app.command("report")(report.report_command)
 
 
 def main() -> None:

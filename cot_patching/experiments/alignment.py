@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from cot_patching.artifacts import RunRecord
 from cot_patching.experiments.patching import answer_target
+from cot_patching.traces import first_difference
 
 ALIGNMENTS = ("step", "final_answer", "position")
 ANSWERS = ("gold", "wrong")  # the two scoring rows of every trace, in this order
@@ -103,14 +104,6 @@ def final_answer_cell(recipient: ScoredTrace, source: ScoredTrace) -> Cell:
         recipient_rows.append(tuple(range(len(recipient.context) - 1, len(recipient.context) - 1 + n)))
         source_rows.append(tuple(range(len(source.context) - 1, len(source.context) - 1 + n)))
     return Cell("final_answer", None, (recipient_rows[0], recipient_rows[1]), (source_rows[0], source_rows[1]))
-
-
-def first_difference(a: Sequence[int], b: Sequence[int]) -> int:
-    """Index of the first token where two traces differ (the shorter length if one is a prefix of the other)."""
-    for index, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return index
-    return min(len(a), len(b))
 
 
 def position_cells(recipient: ScoredTrace, source: ScoredTrace) -> list[Cell]:

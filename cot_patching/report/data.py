@@ -1,0 +1,146 @@
+"""What the report shows, read from a run directory's files only (runs, pairs, manifest, caches, patching tables)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from cot_patching import artifacts
+from cot_patching.artifacts import LoadedPair, RunRecord
+from cot_patching.parsing import parse_trace, select_steps
+from cot_patching.spans import Decoder, TokenOffsets
+from cot_patching.traces import first_difference
+
+PATCHING_DIR = "patching"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a trace's text: one token (with its id and logged log-probability) or, without a tokenizer, a
+    run of characters; with the step it lies in and what it is."""
+
+    text: str
+    token_id: int | None
+    logprob: float | None
+    step_idx: int | None
+    answer: bool
+    selected: str | None  # "early" / "late" when the step is a selected one
+    first_diff: bool
+
+    def to_json(self) -> list[Any]:
+        """Compact form for the page's data: [text, id, logprob, step, flags]."""
+        flags = ("a" if self.answer else "") + ("d" if self.first_diff else "") + (self.selected or "")[:1]
+        return [self.text, self.token_id, None if self.logprob is None or math.isnan(self.logprob) else
+                round(self.logprob, 4), self.step_idx, flags]
+
+
+def _step_at(record: RunRecord, token: int) -> int | None:
+    for span in record.step_spans:
+        if span["tok_start"] <= token < span["tok_end"]:
+            return span["step_idx"]
+    return None
+
+
+def token_chunks(record: RunRecord, tokenizer: Decoder, selected: dict[int, str], first_diff: int | None
+                 ) -> list[Chunk]:
+    """One chunk per token: the characters it adds to the decoded text (a split character goes to the token that
+    completes it)."""
+    offsets = TokenOffsets.build(tokenizer, record.token_ids)
+    answer = record.final_answer_span
+    chunks = []
+    for k, token_id in enumerate(record.token_ids):
+        step = _step_at(record, k)
+        in_answer = answer is not None and answer["tok_start"] <= k < answer["tok_end"]
+        logprob = record.token_logprobs[k] if k < len(record.token_logprobs) else None
+        chunks.append(Chunk(offsets.text[offsets.covered[k]:offsets.covered[k + 1]], token_id, logprob, step,
+                            in_answer, selected.get(step) if step is not None else None, k == first_diff))
+    return chunks
+
+
+def char_chunks(record: RunRecord, selected: dict[int, str]) -> list[Chunk]:
+    """Without a tokenizer: the text cut at step and answer boundaries (no per-token ids or log-probabilities)."""
+    cuts = {0, len(record.text)}
+    for span in record.step_spans:
+        cuts |= {span["char_start"], span["char_end"]}
+    if record.final_answer_span is not None:
+        cuts |= {record.final_answer_span["char_start"], record.final_answer_span["char_end"]}
+    bounds = sorted(cut for cut in cuts if 0 <= cut <= len(record.text))
+    chunks = []
+    for start, end in zip(bounds, bounds[1:]):
+        step = next((s["step_idx"] for s in record.step_spans if s["char_start"] <= start < s["char_end"]), None)
+        span = record.final_answer_span
+        in_answer = span is not None and span["char_start"] <= start < span["char_end"]
+        chunks.append(Chunk(record.text[start:end], None, None, step, in_answer,
+                            selected.get(step) if step is not None else None, False))
+    return chunks
+
+
+def selected_steps(pair: LoadedPair, which: str, strict: bool) -> dict[int, str]:
+    """step_idx -> "early"/"late" for one trace: the pair's selection on the correct trace, the same rule on the
+    incorrect one."""
+    if which == "correct":
+        chosen = (pair.pair.steps_selected["early"]["step_idx"], pair.pair.steps_selected["late"]["step_idx"])
+    else:
+        found = select_steps(parse_trace(pair.incorrect.text, strict=strict))
+        if found is None:
+            return {}
+        chosen = found
+    early, late = chosen
+    return {late: "late", early: "early"}  # a step that is both shows as early
+
+
+def reproduce_command(outdir: Path, record: RunRecord) -> str:
+    """The exact command that replays one attempt."""
+    return f"cot-patching reproduce --outdir {_quote(str(outdir))} --id {_quote(record.id)} --attempt {record.attempt}"
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+@dataclass
+class RunView:
+    """Everything the report renders, loaded from disk."""
+
+    root: Path
+    manifest: dict[str, Any]
+    summary: dict[str, Any]
+    runs: list[RunRecord]
+    pairs: list[LoadedPair]
+    activation_index: list[dict[str, Any]] = field(default_factory=list)
+    activation_config: dict[str, Any] = field(default_factory=dict)
+    patching_rows: list[dict[str, Any]] = field(default_factory=list)
+    patching_agreement: dict[str, Any] = field(default_factory=dict)
+    heatmaps: list[Path] = field(default_factory=list)
+
+
+def load_run_view(root: str | Path) -> RunView:
+    """Read a run directory (and its activation cache and patching study, if present) for the report."""
+    root = Path(root)
+    manifest = artifacts.load_manifest(root)
+    summary_path = root / artifacts.SUMMARY_FILE
+    summary = json.loads(summary_path.read_text("utf-8")) if summary_path.is_file() else {}
+    runs = [line.record for line in artifacts.read_runs(root / artifacts.RUNS_FILE)]
+    pairs = artifacts.load_pairs(root) if (root / artifacts.PAIRS_FILE).is_file() else []
+    view = RunView(root, manifest, summary, runs, pairs)
+    cache = root / artifacts.ACTIVATIONS_DIR
+    index = cache / artifacts.CACHE_INDEX_FILE
+    if index.is_file():
+        view.activation_index = [json.loads(line) for line in index.read_text("utf-8").splitlines()
+                                 if line.strip().endswith("}")]
+        config = cache / artifacts.CACHE_CONFIG_FILE
+        view.activation_config = json.loads(config.read_text("utf-8")) if config.is_file() else {}
+    study = root / PATCHING_DIR
+    if (study / "results.csv").is_file():
+        with open(study / "results.csv", newline="", encoding="utf-8") as handle:
+            view.patching_rows = list(csv.DictReader(handle))
+        agreement = study / "agreement.json"
+        view.patching_agreement = json.loads(agreement.read_text("utf-8")) if agreement.is_file() else {}
+        view.heatmaps = sorted(study.glob("heatmap_*.png"))
+    return view
