@@ -14,7 +14,7 @@ from cot_patching.problems import Problem
 from cot_patching.report import load_run_view, render_report, write_report
 from cot_patching.report.render import safe_json
 
-from helpers import MULTI_STEP_CORRECT, MULTI_STEP_WRONG, ScriptedSampler, mine_scripted_pairs
+from helpers import MULTI_STEP_CORRECT, ScriptedSampler, mine_scripted_pairs
 
 HOSTILE_ID = 'q"><img src=x onerror=alert(1)>'
 HOSTILE_WRONG = ("Step 1: </script><script>alert('pwned')</script> 3 * 4 = 12\n"

@@ -7,7 +7,7 @@ P + tok_start(k) ... P + tok_end(k) - 1 of prompt + trace.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from cot_patching.artifacts import RunRecord
 from cot_patching.experiments.patching import answer_target

@@ -7,13 +7,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cot_patching import artifacts
 from cot_patching.artifacts import LoadedPair, RunRecord
 from cot_patching.parsing import parse_trace, select_steps
 from cot_patching.spans import Decoder, TokenOffsets
-from cot_patching.traces import first_difference
 
 PATCHING_DIR = "patching"
 
