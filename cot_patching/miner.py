@@ -18,6 +18,7 @@ from cot_patching.artifacts import RunLine, RunRecord
 from cot_patching.backends import BACKENDS, BRIDGE
 from cot_patching.problems import Problem
 from cot_patching.prompt import PROMPT_TEMPLATE_SHA256, EncodedPrompt, build_prompt, encode_prompt
+from cot_patching.sharding import parse_shard
 from cot_patching.sampling import (
     DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TRIES, DEFAULT_TEMPERATURE_SEQ, DEFAULT_TOP_P,
     DecodeConfig, Generation, attempt_seed, sample, temperature_schedule,
@@ -48,6 +49,7 @@ class MineSettings:
     prompt_template_sha256: str = PROMPT_TEMPLATE_SHA256
     backend: str | None = None  # the TransformerLens class that decodes (None: the model's); replays use the same
     trace_rules_version: int = TRACE_RULES_VERSION  # parsing/scoring/span rules the labels were made with
+    shard: str | None = None  # "K/N": this run mines shard K of N of the problem file (`cot_patching.sharding`)
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKENDS:
@@ -56,6 +58,8 @@ class MineSettings:
         DecodeConfig(0.0, self.top_p, self.max_new_tokens)
         if any(t < 0 for t in self.temperature_seq):
             raise ValueError("temperatures must be >= 0")
+        if self.shard is not None:
+            parse_shard(self.shard)
 
     @property
     def schedule(self) -> list[float]:

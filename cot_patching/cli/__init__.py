@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from cot_patching.cli import build_sample, cache_activations, mine, patch, repair, report, reproduce, validate
+from cot_patching.cli import (
+    build_sample, cache_activations, merge, mine, patch, repair, report, reproduce, validate,
+)
 
 app = typer.Typer(
     name="cot-patching",
@@ -21,6 +23,7 @@ app.command("validate")(validate.validate_command)
 app.command("repair")(repair.repair_command)
 app.command("patch")(patch.patch_command)
 app.command("report")(report.report_command)
+app.command("merge")(merge.merge_command)
 
 
 def main() -> None:

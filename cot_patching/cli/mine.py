@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "strict_format": False,
     "pair_unparsed": False,
     "backend": "auto",
+    "shard": None,
 }
 
 
@@ -48,6 +49,7 @@ class MineOptions:
     strict_format: bool
     pair_unparsed: bool
     backend: str
+    shard: str | None = None
 
     def __post_init__(self) -> None:
         from cot_patching.sampling import DecodeConfig, parse_temperature_seq
@@ -63,12 +65,17 @@ class MineOptions:
             raise ValueError(f"--max-tries must be >= 1, got {self.max_tries}")
         parse_temperature_seq(self.temperature_seq)
         DecodeConfig(0.0, self.top_p, self.max_new_tokens)
+        if self.shard is not None:
+            from cot_patching.sharding import parse_shard
+
+            parse_shard(self.shard)
 
 
 _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "problems": (str,), "model": (str,), "outdir": (str,), "max_tries": (int,), "min_pairs": (int,),
     "temperature_seq": (str,), "top_p": (int, float), "max_new_tokens": (int,), "device": (str, type(None)),
     "dtype": (str,), "load_in_4bit": (bool,), "strict_format": (bool,), "pair_unparsed": (bool,), "backend": (str,),
+    "shard": (str, type(None)),
 }
 
 
@@ -118,6 +125,8 @@ def mine_command(
     strict_format: Optional[bool] = typer.Option(None, "--strict-format", help="Accept only the seed regexes."),
     pair_unparsed: Optional[bool] = typer.Option(None, "--pair-unparsed", help="Let an unparsed attempt be the incorrect member."),
     backend: Optional[str] = typer.Option(None, help="bridge (TransformerLens 4), hooked (3.9 HookedTransformer) or auto: a resumed run's, else the installed one's.  [default: auto]"),
+    shard: Optional[str] = typer.Option(None, help="K/N: mine only shard K of N of the problems (by a hash of each "
+                                        "id); merge the N outdirs with `cot-patching merge`."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --outdir."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -138,6 +147,10 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
 
     temperature_seq = parse_temperature_seq(options.temperature_seq)
     problems = load_problems(options.problems)
+    if options.shard is not None:
+        from cot_patching.sharding import parse_shard, shard_problems
+
+        problems = shard_problems(problems, parse_shard(options.shard))
     resumed_backend = None if overwrite else artifacts.recorded_backend(Path(options.outdir))
     backend = resolve_backend(resumed_backend if options.backend == AUTO and resumed_backend else options.backend)
     settings = miner.MineSettings(
@@ -150,6 +163,7 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
         strict_format=options.strict_format,
         pair_unparsed=options.pair_unparsed,
         backend=backend,
+        shard=options.shard,
     )
     resolve_model(options.model)
     miner.check_outdir(Path(options.outdir), settings, overwrite)
