@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cot_patching import artifacts
-from cot_patching.report.data import (
-    RunView, char_chunks, first_difference, reproduce_command, selected_steps, token_chunks,
-)
+from cot_patching.report.data import RunView, char_chunks, reproduce_command, selected_steps, token_chunks
 from cot_patching.spans import Decoder
+from cot_patching.traces import first_difference
 
 TEMPLATE = "report.html.j2"
 
