@@ -55,7 +55,8 @@ def test_report_shows_summary_pairs_tokens_and_commands(tiny, small_run):
     assert "".join(chunk[0] for chunk in correct["chunks"]) == record.text  # tokens rebuild the text exactly
     assert [chunk[1] for chunk in correct["chunks"]] == record.token_ids
     assert correct["reproduce"] == f"cot-patching reproduce --outdir {small_run} --id q0 --attempt {record.attempt}"
-    assert correct["selected"] == {"early": 1, "late": 3} or set(correct["selected"]) == {"early", "late"}
+    expected = view.pairs[0].pair.steps_selected
+    assert correct["selected"] == {"early": expected["early"]["step_idx"], "late": expected["late"]["step_idx"]}
     assert sum("d" in chunk[4] for chunk in correct["chunks"]) == 1  # the first difference is marked once
     answer = "".join(chunk[0] for chunk in incorrect["chunks"] if "a" in chunk[4])
     assert answer.strip() == "12"

@@ -89,7 +89,7 @@ def selected_steps(pair: LoadedPair, which: str, strict: bool) -> dict[int, str]
             return {}
         chosen = found
     early, late = chosen
-    return {late: "late", early: "early"}  # a step that is both shows as early
+    return {early: "early/late"} if early == late else {early: "early", late: "late"}
 
 
 def reproduce_command(outdir: Path, record: RunRecord) -> str:

@@ -112,7 +112,7 @@ def pair_data(view: RunView, tokenizer: Decoder | None) -> list[dict[str, Any]]:
                 "final_answer": record.final_answer, "normalized": record.normalized_answer,
                 "score_rule": record.score_rule, "finish_reason": record.finish_reason,
                 "n_tokens": len(record.token_ids), "steps": len(record.step_spans),
-                "selected": {label: idx for idx, label in selected.items()},
+                "selected": {part: idx for idx, label in selected.items() for part in label.split("/")},
                 "reproduce": reproduce_command(view.root, record),
                 "chunks": [chunk.to_json() for chunk in chunks],
             }
