@@ -124,3 +124,15 @@ def test_headless_chromium_renders_the_pair_viewer(tiny, small_run, hostile_run,
                        capture_output=True, timeout=120, check=True)
         assert shot.stat().st_size > 10_000
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom  # the hostile id, as text
+
+
+@pytest.mark.slow
+def test_report_of_a_real_embedded_model_run(embedded, tmp_path):
+    """A run really mined by the embedded SmolLM2 (no scripted sampler) renders, every attempt in the table."""
+    problems = [Problem("p0", "Tom has 3 apples and buys 4 more. How many apples does he have?", "7")]
+    settings = MineSettings(model=embedded.info.name, problems_sha256="x", max_tries=2, max_new_tokens=16)
+    mine(problems, embedded, settings, tmp_path / "run", manifest={"model": embedded.info.to_json()}, progress=False)
+    view = load_run_view(tmp_path / "run")
+    data = _data(render_report(view, embedded.tokenizer))
+    assert [row[1] for row in data["attempts"]] == [0, 1]
+    assert [row[7] for row in data["attempts"]] == [len(r.token_ids) for r in view.runs]
