@@ -501,16 +501,18 @@ class RunTally:
         outdir = Path(outdir)
         if change == "appended":
             pair = self.pairs[-1]
-            _append_fsynced(outdir / PAIRS_FILE, pair.to_line())
-            _append_fsynced(outdir / PAIRS_CSV, pairs_csv([pair]).split("\n", 1)[1])
+            append_fsynced(outdir / PAIRS_FILE, pair.to_line())
+            append_fsynced(outdir / PAIRS_CSV, pairs_csv([pair]).split("\n", 1)[1])
         write_derived(outdir, self.pairs, self.summary(), pairs_changed=change == "changed")
 
 
-def _append_fsynced(path: Path, text: str) -> None:
+def append_fsynced(path: Path, text: str) -> int:
+    """Append `text` (UTF-8) and fsync; the file's size afterwards."""
     with open(path, "a", encoding="utf-8", newline="") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
+        return os.fstat(handle.fileno()).st_size
 
 
 def write_derived(

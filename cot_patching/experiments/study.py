@@ -85,14 +85,6 @@ def owned_study_files(out_dir: Path) -> list[Path]:
                   if path.name in STUDY_FILES or (path.name.startswith(PLOT_PREFIX) and path.suffix in (".png", ".svg")))
 
 
-def _append(path: Path, text: str) -> int:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-        return handle.tell()
-
-
 def _read_progress(out_dir: Path) -> list[dict[str, Any]]:
     path = out_dir / PROGRESS_FILE
     artifacts.drop_torn_tail(path)
@@ -190,13 +182,13 @@ def run_study(
                 names = [hook_name(layer, hook) for hook in settings.hooks for layer in settings.layers]
                 lines, estimates = _attribution_lines(result, recipient_gradients(model, recipient, names))
                 per_cell = list(estimates)
-                sizes[ATTRIBUTION_FILE] = _append(out_dir / ATTRIBUTION_FILE, "".join(lines))
+                sizes[ATTRIBUTION_FILE] = artifacts.append_fsynced(out_dir / ATTRIBUTION_FILE, "".join(lines))
             text = "".join(csv_line([row.pair_id, row.direction, row.hook, row.layer, row.alignment, row.step_idx,
                                      row.position, row.n_positions, row.metric_recipient, row.metric_source,
                                      row.metric_patched, row.normalized, estimate])
                            for row, estimate in zip(result.rows, per_cell))
-            sizes[RESULTS_FILE] = _append(out_dir / RESULTS_FILE, text)
-            _append(out_dir / PROGRESS_FILE, json.dumps({
+            sizes[RESULTS_FILE] = artifacts.append_fsynced(out_dir / RESULTS_FILE, text)
+            artifacts.append_fsynced(out_dir / PROGRESS_FILE, json.dumps({
                 "pair_id": pair.id, "direction": direction, "rows": len(result.rows),
                 "seconds": round(time.monotonic() - unit_start, 3), **sizes}) + "\n")
             rows_written += len(result.rows)
