@@ -202,6 +202,8 @@ def test_study_writes_tables_resumes_and_refuses_other_settings(tiny, results, t
     assert {row["alignment"] for row in rows} == {"step", "final_answer", "position"}
     tensor, layers, steps = layer_step_tensor(rows, rows[0]["pair_id"], "denoise")
     assert tensor.shape == (2, 3) and layers == [0, 1] and steps == [1, 2, 3]
+    by_position, _, positions = layer_step_tensor(rows, rows[0]["pair_id"], "denoise", alignment="position")
+    assert by_position.shape == (2, len(positions)) and not torch.isnan(by_position).any()
     first_bytes = (out / "results.csv").read_bytes()
     attribution_rows = read_table(out / "attribution.csv")
     assert len(attribution_rows) >= len(rows)

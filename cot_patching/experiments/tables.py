@@ -55,13 +55,16 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
 
 def layer_step_tensor(
     rows: Sequence[dict[str, Any]], pair_id: str, direction: str, hook: str = "resid_post", value: str = "normalized",
-) -> tuple[Float[Tensor, "layer step"], list[int], list[int]]:
-    """One pair's step-aligned results as a [layer, step] tensor (NaN where absent), with its layers and steps."""
+    alignment: str = "step",
+) -> tuple[Float[Tensor, "layer column"], list[int], list[int]]:
+    """One pair's results as a [layer, step] tensor (alignment `step`) or [layer, pos] (alignment `position`),
+    NaN where absent, with its layers and its steps or positions."""
+    axis = "position" if alignment == "position" else "step_idx"
     chosen = [row for row in rows if row["pair_id"] == pair_id and row["direction"] == direction
-              and row["hook"] == hook and row["alignment"] == "step"]
+              and row["hook"] == hook and row["alignment"] == alignment]
     layers = sorted({row["layer"] for row in chosen})
-    steps = sorted({row["step_idx"] for row in chosen})
-    out = torch.full((len(layers), len(steps)), math.nan)
+    columns = sorted({row[axis] for row in chosen})
+    out = torch.full((len(layers), len(columns)), math.nan)
     for row in chosen:
-        out[layers.index(row["layer"]), steps.index(row["step_idx"])] = row[value] if row[value] is not None else math.nan
-    return out, layers, steps
+        out[layers.index(row["layer"]), columns.index(row[axis])] = row[value] if row[value] is not None else math.nan
+    return out, layers, columns
