@@ -127,6 +127,8 @@ def mine_command(
     backend: Optional[str] = typer.Option(None, help="bridge (TransformerLens 4), hooked (3.9 HookedTransformer) or auto: a resumed run's, else the installed one's.  [default: auto]"),
     shard: Optional[str] = typer.Option(None, help="K/N: mine only shard K of N of the problems (by a hash of each "
                                         "id); merge the N outdirs with `cot-patching merge`."),
+    devices: Optional[str] = typer.Option(None, help="cuda:0,cuda:1,... or all: one worker process per device, each "
+                                          "a shard in OUTDIR/shards/, merged into OUTDIR at the end."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --outdir."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -134,7 +136,44 @@ def mine_command(
     cli_values = {k: v for k, v in locals().items() if k in DEFAULTS}
     with clear_errors():
         options = merge_options(cli_values, config)
-        run_mine(options, overwrite=overwrite, progress=progress)
+        if devices is not None:
+            run_devices(options, devices, overwrite=overwrite, progress=progress)
+        else:
+            run_mine(options, overwrite=overwrite, progress=progress)
+
+
+def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False, progress: bool = True) -> None:
+    """One shard worker per device, a combined status line, then the merge into --outdir."""
+    from cot_patching import artifacts
+    from cot_patching.merge import merge_shards, merged_summary_line
+    from cot_patching.problems import load_problems
+    from cot_patching.sharding import Shard, shard_problems
+    from cot_patching.workers import failure_report, make_workers, mine_flags, parse_devices, run_workers
+
+    if options.shard is not None:
+        raise ValueError("--devices makes its own shards; do not also give --shard")
+    devices = parse_devices(devices_text)
+    problems = load_problems(options.problems)
+    counts = [len(shard_problems(problems, Shard(k, len(devices)))) for k in range(len(devices))]
+    outdir = Path(options.outdir)
+    workers = make_workers(mine_flags(options) + (["--overwrite"] if overwrite else []), devices, outdir, counts)
+    typer.echo(f"{len(workers)} workers ({', '.join(devices)}); logs in {outdir / 'shards'}/shard-K.log")
+
+    def show(line: str) -> None:
+        if progress:
+            typer.echo("\r" + line, nl=False, err=True)
+
+    codes = run_workers(workers, show)
+    if progress:
+        typer.echo("", err=True)
+    failed = failure_report(workers, codes)
+    if failed:
+        for line in failed:
+            typer.echo(line, err=True)
+        raise typer.Exit(code=1)
+    report = merge_shards(outdir, [str(w.outdir) for w in workers], problems_path=options.problems, argv=sys.argv)
+    typer.echo(merged_summary_line(report) + f" -> {outdir}")
+    print_next_steps(outdir, artifacts.read_pairs(outdir / artifacts.PAIRS_FILE))
 
 
 def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = True) -> None:
@@ -227,3 +266,5 @@ def print_next_steps(outdir: Path, pairs: list[Any]) -> None:
     typer.echo(f"  cot-patching reproduce --outdir {outdir} --all-pairs      # replay both traces token for token")
     typer.echo(f"  cot-patching validate {outdir}                            # check every invariant")
     typer.echo(f"  cot-patching cache-activations --results {outdir} --layers 0,12,23   # residuals at the steps")
+    typer.echo(f"  cot-patching patch --results {outdir} --layers all                   # a patching study")
+    typer.echo(f"  cot-patching report {outdir}                                         # see it: report.html")
