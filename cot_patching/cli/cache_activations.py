@@ -28,25 +28,17 @@ def cache_activations_command(
     """Run the mining model on prompt + trace of both traces of each pair; save residuals at the selected steps."""
     from cot_patching import artifacts
     from cot_patching.activations import CacheSettings, cache_activations, parse_layers
-    from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model
-    from cot_patching.models import check_loaded_identity, load_model
+    from cot_patching.cli.run_model import load_run_model
 
     with clear_errors():
         root = Path(results)
         manifest = artifacts.load_manifest(root)
         settings_json = manifest.get("settings", {})
-        recorded = manifest.get("model") or {}
         pairs = artifacts.load_pairs(root)  # fail on a broken results dir before loading a model
         if not pairs:
             raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to cache (mine more, then rerun)")
         artifacts.owned_cache_files(Path(out) if out else root / artifacts.ACTIVATIONS_DIR, [p.id for p in pairs])
-        found = run_model(root, model)
-        echo_model(found.spec)
-        model = load_model(found.spec, device=device or recorded.get("device"),
-                           dtype=recorded.get("dtype"), fallback=False,
-                           backend=backend or artifacts.recorded_backend(root))
-        check_loaded_identity(model.info, recorded)
-        check_tokenizer(root, found, model.tokenizer)
+        found, model = load_run_model(root, model, device, backend)
         store_dtype = dtype or ("bf16" if model.info.dtype == "bfloat16" else "fp32")
         settings = CacheSettings(
             layers=parse_layers(layers, model.info.n_layers),

@@ -38,11 +38,10 @@ def patch_command(
     """Patch each pair's traces into each other, cell by cell; write results.csv, attribution, agreement, heatmaps."""
     from cot_patching import artifacts
     from cot_patching.activations import parse_layers
-    from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model
+    from cot_patching.cli.run_model import load_run_model
     from cot_patching.experiments.study import run_study, select_pairs
     from cot_patching.experiments.sweep import SweepSettings
     from cot_patching.miner import check_not_locked
-    from cot_patching.models import check_loaded_identity, load_model
 
     with clear_errors():
         root = Path(results)
@@ -58,12 +57,7 @@ def patch_command(
                       cells_per_forward=1 if batch_cells is None else batch_cells)  # bad flags are refused before the model loads
         if out_dir.is_dir():
             check_not_locked(out_dir)
-        found = run_model(root, model)
-        echo_model(found.spec)
-        loaded = load_model(found.spec, device=device or recorded.get("device"), dtype=recorded.get("dtype"),
-                            fallback=False, backend=backend or artifacts.recorded_backend(root))
-        check_loaded_identity(loaded.info, recorded)
-        check_tokenizer(root, found, loaded.tokenizer)
+        found, loaded = load_run_model(root, model, device, backend)
         settings = SweepSettings(
             layers=parse_layers(layers, loaded.info.n_layers), hooks=_names(hooks), alignments=_names(alignments),
             directions=_names(directions),

@@ -81,3 +81,18 @@ def run_tokenizer(root: Path, override: str | None) -> Any:
     tokenizer = load_tokenizer(resolve_model(found.spec))
     check_tokenizer(root, found, tokenizer)
     return tokenizer
+
+
+def load_run_model(root: Path, override: str | None, device: str | None, backend: str | None) -> tuple[RunModel, Any]:
+    """The run's model loaded as it was mined (device, dtype, backend unless overridden), identity and tokenizer
+    checked; the path used is echoed."""
+    from cot_patching import artifacts
+    from cot_patching.models import check_loaded_identity, load_model
+
+    found = run_model(root, override)
+    echo_model(found.spec)
+    loaded = load_model(found.spec, device=device or found.recorded.get("device"), dtype=found.recorded.get("dtype"),
+                        fallback=False, backend=backend or artifacts.recorded_backend(root))
+    check_loaded_identity(loaded.info, found.recorded)
+    check_tokenizer(root, found, loaded.tokenizer)
+    return found, loaded
