@@ -229,7 +229,7 @@ def cache_activations(
         artifacts.atomic_write_text(out_dir / INDEX_FILE, "".join(json.dumps(e) + "\n" for e in valid))
     done = {entry["pair_id"] for entry in valid}
     todo = [pair for pair in pairs if pair.id not in done]
-    bar = _progress(len(pairs), len(pairs) - len(todo), progress)
+    bar = artifacts.progress_bar(len(pairs), "pairs", "pair", progress, initial=len(pairs) - len(todo))
     cached = 0
     with open(out_dir / INDEX_FILE, "a", encoding="utf-8") as index:
         for pair in todo:
@@ -243,16 +243,6 @@ def cache_activations(
     if bar is not None:
         bar.close()
     return CacheReport(cached=cached, skipped=len(pairs) - len(todo), repaired=repaired)
-
-
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="pairs", unit="pair", file=sys.stderr, dynamic_ncols=True)
 
 
 @dataclass(frozen=True)

@@ -387,6 +387,17 @@ def build_pairs(
     return in_problem_order(pairs, questions)
 
 
+def progress_bar(total: int, desc: str, unit: str, enabled: bool = True, initial: int = 0) -> Any:
+    """A tqdm bar on stderr, or None when progress is off."""
+    if not enabled:
+        return None
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
 def pairs_csv(pairs: Sequence[PairRecord]) -> str:
     """pairs_summary.csv as text."""
     buffer = io.StringIO()

@@ -6,7 +6,6 @@ import fcntl
 import hashlib
 import os
 import socket
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -244,7 +243,7 @@ def mine(
         tally = artifacts.RunTally(runs, questions, settings.pair_unparsed, settings.strict_format)
         artifacts.write_derived(outdir, tally.pairs, tally.summary())
         attempts_this_call = 0
-        bar = _progress_bar(len(problems), progress)
+        bar = artifacts.progress_bar(len(problems), "problems", "problem", progress)
         with artifacts.RunsAppender(runs_path) as appender:
             for problem in problems:
                 if len(tally.pairs) >= min_pairs:
@@ -349,9 +348,3 @@ def _check_runs_match(runs: Sequence[RunLine], problems: Sequence[Problem]) -> N
             raise MiningError(f"runs.jsonl has attempts for {line.record.id!r}, which is not in the problems file")
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="problems", unit="problem", file=sys.stderr, dynamic_ncols=True)

@@ -93,13 +93,13 @@ def write_heatmaps(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[
             fig.colorbar(image, ax=axes, shrink=0.8, label="normalized (0 = no effect, 1 = source)")
             written += _save(fig, out_dir / f"heatmap_{direction}_{hook}_mean")
             plt.close(fig)
-            per_pair = [pid for pid in pair_ids if grid(rows, direction, hook, pid)[0]]
+            per_pair = {pid: grid(rows, direction, hook, pid) for pid in pair_ids}
+            per_pair = {pid: found for pid, found in per_pair.items() if found[0]}
             if per_pair:
                 fig, axes = plt.subplots(1, len(per_pair), squeeze=False,
                                          figsize=(2.2 + 2.6 * len(per_pair), 1.8 + 0.18 * len(layers)),
                                          constrained_layout=True)
-                for ax, pid in zip(axes[0], per_pair):
-                    p_layers, p_columns, p_values = grid(rows, direction, hook, pid)
+                for ax, (pid, (p_layers, p_columns, p_values)) in zip(axes[0], per_pair.items()):
                     matrix = [[p_values[(layer, c)][0] if (layer, c) in p_values else math.nan for c in p_columns]
                               for layer in p_layers]
                     image = _draw(ax, matrix, p_layers, p_columns, f"{pid} ({direction}, {hook})")

@@ -165,7 +165,8 @@ def run_study(
         done = prepare_out_dir(out_dir, definition, record, overwrite, attribution)
         units = [(pair, direction) for pair in pairs for direction in settings.directions]
         todo = [(pair, direction) for pair, direction in units if (pair.id, direction) not in done]
-        bar = _progress(len(units), len(units) - len(todo), progress)
+        bar = artifacts.progress_bar(len(units), "pair x direction", "unit", progress,
+                                    initial=len(units) - len(todo))
         rows_written = 0
         traces_cache: dict[str, Any] = {}
         for pair, direction in todo:
@@ -223,14 +224,3 @@ def attribution_agreement(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "per_pair": {pair_id: rho([r for r in rows if r["pair_id"] == pair_id]) for pair_id in pair_ids},
         "per_alignment": {name: rho([r for r in rows if r["alignment"] == name]) for name in alignments},
     }
-
-
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="pair x direction", unit="unit", file=sys.stderr,
-                dynamic_ncols=True)

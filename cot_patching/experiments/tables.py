@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,17 +23,10 @@ FLOAT_COLUMNS = {"metric_recipient", "metric_source", "metric_patched", "normali
 
 
 def csv_line(values: Sequence[Any]) -> str:
-    """One CSV line; floats written with repr (round-trips exactly), None as an empty field."""
-    cells = []
-    for value in values:
-        if value is None:
-            cells.append("")
-        elif isinstance(value, float):
-            cells.append(repr(value))
-        else:
-            text = str(value)
-            cells.append('"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text)
-    return ",".join(cells) + "\n"
+    """One CSV line as `csv` writes it: floats round-trip exactly (repr), None is an empty field."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
 
 
 def _typed(row: dict[str, str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,8 @@ def selected_steps(pair: LoadedPair, which: str, strict: bool) -> dict[int, str]
 
 def reproduce_command(outdir: Path, record: RunRecord) -> str:
     """The exact command that replays one attempt."""
-    return f"cot-patching reproduce --outdir {_quote(str(outdir))} --id {_quote(record.id)} --attempt {record.attempt}"
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
+    return f"cot-patching reproduce --outdir {shlex.quote(str(outdir))} --id {shlex.quote(record.id)} " \
+           f"--attempt {record.attempt}"
 
 
 @dataclass
