@@ -30,7 +30,7 @@ from cot_patching import backends  # noqa: E402
 from cot_patching.models import EMBEDDED, LoadedModel, load_model  # noqa: E402
 from cot_patching.prompt import build_prompt, encode_prompt  # noqa: E402
 from cot_patching.replay import first_mismatch  # noqa: E402
-from cot_patching.sampling import DecodeConfig, attempt_seed, sample  # noqa: E402
+from cot_patching.decoding.sampling import DecodeConfig, attempt_seed, sample  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cot_patching.models import LoadedModel, from_hf_model, load_model  # noqa: E402
 from cot_patching.prompt import build_prompt, encode_prompt  # noqa: E402
-from cot_patching.sampling import DecodeConfig, sample  # noqa: E402
+from cot_patching.decoding.sampling import DecodeConfig, sample  # noqa: E402
 
 QUESTION = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "
             "her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh "

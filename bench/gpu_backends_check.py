@@ -23,7 +23,7 @@ from decode_speed import llama3_tokenizer, llama31_8b_config, time_call  # noqa:
 
 from cot_patching import backends  # noqa: E402
 from cot_patching.models import LoadedModel, from_hf_model  # noqa: E402
-from cot_patching.sampling import DecodeConfig, sample  # noqa: E402
+from cot_patching.decoding.sampling import DecodeConfig, sample  # noqa: E402
 
 
 def tokens_per_second(model: LoadedModel, prompt: list[int], new_tokens: int, repeats: int) -> list[float]:

@@ -11,10 +11,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cot_patching.sampling as sampling  # noqa: E402
+import cot_patching.decoding.sampling as sampling  # noqa: E402
 from cot_patching.models import LoadedModel, ModelInfo  # noqa: E402
 from cot_patching.replay import first_mismatch  # noqa: E402
-from cot_patching.sampling import DecodeConfig, sample  # noqa: E402
+from cot_patching.decoding.sampling import DecodeConfig, sample  # noqa: E402
 
 
 def random_qwen05b(compile_step: bool, cuda_graphs: bool = True) -> LoadedModel:

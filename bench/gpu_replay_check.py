@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode_speed import random_llama31_8b  # noqa: E402
 
-from cot_patching.sampling import DecodeConfig, sample  # noqa: E402
+from cot_patching.decoding.sampling import DecodeConfig, sample  # noqa: E402
 
 graphed = random_llama31_8b(Path(sys.argv[1]))
 eager = dataclasses.replace(graphed, cuda_graphs=False, _graphed={})

@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode_speed import llama31_8b_config, random_llama31_8b  # noqa: E402
 
-from cot_patching.cuda_graphs import GraphedDecoder  # noqa: E402
-from cot_patching.sampling import choose_next_token  # noqa: E402
+from cot_patching.decoding.cuda_graphs import GraphedDecoder  # noqa: E402
+from cot_patching.decoding.sampling import choose_next_token  # noqa: E402
 
 
 def replay_ms(decoder: GraphedDecoder, n: int = 50) -> float:

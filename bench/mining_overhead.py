@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cot_patching.miner import MineSettings, mine  # noqa: E402
 from cot_patching.problems import Problem  # noqa: E402
-from cot_patching.sampling import Generation, attempt_seed  # noqa: E402
+from cot_patching.decoding.sampling import Generation, attempt_seed  # noqa: E402
 
 TRACES = [
     "I think the answer is probably seven or so.",

@@ -8,7 +8,7 @@ from cot_patching.models import LoadedModel, load_model
 from cot_patching.parsing import ParsedTrace, Step, parse_trace, select_steps
 from cot_patching.problems import Problem, load_problems
 from cot_patching.prompt import PROMPT_TEMPLATE, build_prompt, encode_prompt
-from cot_patching.sampling import DecodeConfig, Generation, attempt_seed, sample, temperature_schedule
+from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample, temperature_schedule
 from cot_patching.scoring import Score, score_answer
 from cot_patching.spans import decode_tokens, token_spans
 

@@ -62,12 +62,14 @@ class RunRecord:
     model_revision: str | None = None
     token_logprobs: list[float] = field(default_factory=list)
     error: str | None = None  # set (with finish_reason "error") when the attempt failed deterministically
+    batch: dict[str, Any] | None = None  # where it was decoded with `--batch-size` > 1 (`decoding.batched.BatchLayout`)
 
     def to_line(self) -> bytes:
-        """One JSON line, UTF-8, newline-terminated (`error` only where there was one)."""
+        """One JSON line, UTF-8, newline-terminated (`error` and `batch` only where there is one)."""
         data = asdict(self)
-        if data["error"] is None:
-            del data["error"]
+        for optional in ("error", "batch"):
+            if data[optional] is None:
+                del data[optional]
         return (json.dumps(data, ensure_ascii=False) + "\n").encode("utf-8")
 
     @classmethod
@@ -88,7 +90,7 @@ RUN_FIELD_TYPES: dict[str, tuple[type, ...]] = {
 OPTIONAL_RUN_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "gold_answer": (str,), "normalized_answer": (str, type(None)), "score_rule": (str,),
     "strict_format_ok": (bool,), "chat_template_applied": (bool,), "model_revision": (str, type(None)),
-    "token_logprobs": (list,), "error": (str, type(None)),
+    "token_logprobs": (list,), "error": (str, type(None)), "batch": (dict, type(None)),
 }
 
 

@@ -18,7 +18,8 @@ from cot_patching.backends import BACKENDS, BRIDGE
 from cot_patching.problems import Problem
 from cot_patching.prompt import PROMPT_TEMPLATE_SHA256, EncodedPrompt, build_prompt, encode_prompt
 from cot_patching.sharding import parse_shard
-from cot_patching.sampling import (
+from cot_patching.decoding.batched import BatchLayout, BatchRow, cache_len_for, sample_batch
+from cot_patching.decoding.sampling import (
     DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TRIES, DEFAULT_TEMPERATURE_SEQ, DEFAULT_TOP_P,
     DecodeConfig, Generation, attempt_seed, sample, temperature_schedule,
 )
@@ -26,7 +27,7 @@ from cot_patching.traces import TRACE_RULES_VERSION, analyze_trace
 
 
 # Settings added after runs were first written, with the value every earlier run had.
-SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"backend": BRIDGE, "trace_rules_version": 1}
+SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"backend": BRIDGE, "trace_rules_version": 1, "batch_size": 1}
 
 
 class MiningError(RuntimeError):
@@ -49,8 +50,11 @@ class MineSettings:
     backend: str | None = None  # the TransformerLens class that decodes (None: the model's); replays use the same
     trace_rules_version: int = TRACE_RULES_VERSION  # parsing/scoring/span rules the labels were made with
     shard: str | None = None  # "K/N": this run mines shard K of N of the problem file (`cot_patching.sharding`)
+    batch_size: int = 1  # attempts decoded per forward (`decoding.batched`); 1 is the seed protocol's one at a time
 
     def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; choose {', '.join(BACKENDS)}")
         temperature_schedule(self.temperature_seq, self.max_tries)
@@ -226,6 +230,9 @@ def mine(
     if settings.backend not in (None, model_backend):
         raise MiningError(f"settings ask for backend {settings.backend!r} but the model runs on {model_backend!r}")
     settings = replace(settings, backend=model_backend)
+    if settings.batch_size > 1 and model_backend != BRIDGE:
+        raise MiningError(f"--batch-size {settings.batch_size} decodes on the bridge backend; the {model_backend} "
+                          "backend mines one attempt at a time (use --batch-size 1)")
     check_outdir(outdir, settings, overwrite)
     outdir.mkdir(parents=True, exist_ok=True)
     with outdir_lock(outdir):
@@ -238,57 +245,179 @@ def mine(
         _record_session(outdir, manifest or {}, settings)
         resumed_from = len(runs)
         questions = {p.id: p.question for p in problems}
-        schedule = settings.schedule
 
         tally = artifacts.RunTally(runs, questions, settings.pair_unparsed, settings.strict_format)
         artifacts.write_derived(outdir, tally.pairs, tally.summary())
-        attempts_this_call = 0
         bar = artifacts.progress_bar(len(problems), "problems", "problem", progress)
         with artifacts.RunsAppender(runs_path) as appender:
-            for problem in problems:
-                if len(tally.pairs) >= min_pairs:
-                    break
-                made = len(tally.by_problem.get(problem.id, []))
-                if problem.id not in tally.by_id and made < len(schedule):
-                    prompt = encode_prompt(model.tokenizer, build_prompt(problem.question))
-                    for attempt in range(made, len(schedule)):
-                        try:
-                            record = run_attempt(model, problem, prompt, attempt, schedule[attempt], settings,
-                                                 sampler)
-                        except DETERMINISTIC_ERRORS as err:
-                            if _is_device_error(err):
-                                raise
-                            record = failed_attempt(problem, prompt, attempt, schedule[attempt], settings, err,
-                                                    getattr(getattr(model, "info", None), "revision", None))
-                        offset = appender.append(record)
-                        attempts_this_call += 1
-                        tally.write(outdir, tally.add(RunLine(offset, record)))  # derived files lag by this line
-                        if problem.id in tally.by_id:  # the stop rule: this problem has its pair
-                            break
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(pairs=f"{len(tally.pairs)}/{min_pairs}", attempts=tally.counts.attempts)
+            if settings.batch_size == 1:
+                attempts_this_call = _mine_one_at_a_time(problems, model, settings, outdir, min_pairs, tally,
+                                                         appender, bar, sampler)
+            else:
+                attempts_this_call = _mine_in_groups(problems, model, settings, outdir, min_pairs, tally, runs,
+                                                     appender, bar)
         if bar is not None:
             bar.close()
     return MineResult(summary=tally.summary(), pairs=tally.pairs, attempts_this_call=attempts_this_call,
                       resumed_from=resumed_from)
 
 
+
+def _mine_one_at_a_time(
+    problems: Sequence[Problem], model: Any, settings: MineSettings, outdir: Path, min_pairs: int,
+    tally: artifacts.RunTally, appender: artifacts.RunsAppender, bar: Any, sampler: Sampler,
+) -> int:
+    """The seed protocol: each problem's attempts in order until its pair, problems in file order; attempts made."""
+    schedule = settings.schedule
+    attempts_this_call = 0
+    for problem in problems:
+        if len(tally.pairs) >= min_pairs:
+            break
+        made = len(tally.by_problem.get(problem.id, []))
+        if problem.id not in tally.by_id and made < len(schedule):
+            prompt = encode_prompt(model.tokenizer, build_prompt(problem.question))
+            for attempt in range(made, len(schedule)):
+                try:
+                    record = run_attempt(model, problem, prompt, attempt, schedule[attempt], settings, sampler)
+                except DETERMINISTIC_ERRORS as err:
+                    if _is_device_error(err):
+                        raise
+                    record = failed_attempt(problem, prompt, attempt, schedule[attempt], settings, err,
+                                            getattr(getattr(model, "info", None), "revision", None))
+                offset = appender.append(record)
+                attempts_this_call += 1
+                tally.write(outdir, tally.add(RunLine(offset, record)))  # derived files lag by this line
+                if problem.id in tally.by_id:  # the stop rule: this problem has its pair
+                    break
+        _show_progress(bar, tally, min_pairs)
+    return attempts_this_call
+
+
+def _show_progress(bar: Any, tally: artifacts.RunTally, min_pairs: int, done: int = 1) -> None:
+    if bar is not None:
+        bar.update(done)
+        bar.set_postfix(pairs=f"{len(tally.pairs)}/{min_pairs}", attempts=tally.counts.attempts)
+
+
+def unfinished_group(runs: Sequence[RunLine]) -> list[RunLine]:
+    """The lines of the last batch group if a kill stopped it before all its attempts were written, else []."""
+    if not runs or runs[-1].record.batch is None:
+        return []
+    last = BatchLayout.from_json(runs[-1].record.batch)
+    lines = [line for line in runs if line.record.batch is not None and line.record.batch.get("group") == last.group]
+    return lines if len(lines) < last.rows else []
+
+
+def next_group(
+    problems: Sequence[Problem], tally: artifacts.RunTally, schedule: Sequence[float], size: int,
+    held: dict[str, int] | None = None,
+) -> list[tuple[Problem, int]]:
+    """The next attempts to decode together: the first `size` problems in file order that are still due (no pair,
+    tries left), each with its next attempt; `held` overrides (problem id -> attempt) for a group being finished."""
+    held = held or {}
+    group: list[tuple[Problem, int]] = []
+    for problem in problems:
+        if problem.id in held:
+            group.append((problem, held[problem.id]))
+        else:
+            made = len(tally.by_problem.get(problem.id, []))
+            if problem.id not in tally.by_id and made < len(schedule):
+                group.append((problem, made))
+        if len(group) == size:
+            break
+    return group
+
+
+def _mine_in_groups(
+    problems: Sequence[Problem], model: Any, settings: MineSettings, outdir: Path, min_pairs: int,
+    tally: artifacts.RunTally, runs: Sequence[RunLine], appender: artifacts.RunsAppender, bar: Any,
+) -> int:
+    """`--batch-size N`: decode the next attempt of the first N due problems together, record them in slot order,
+    repeat until `min_pairs` pairs (checked between groups) or no problem is due; attempts made.
+
+    Which attempts form a group depends only on what runs.jsonl holds before it, so a group a kill cut short is
+    formed again on resume, its written attempts are decoded again and checked identical, and the rest appended.
+    """
+    schedule, size = settings.schedule, settings.batch_size
+    revision = getattr(getattr(model, "info", None), "revision", None)
+    held_lines = {line.record.id: line for line in unfinished_group(runs)}
+    group_number = max((line.record.batch["group"] for line in runs if line.record.batch is not None), default=-1)
+    group_number = group_number if held_lines else group_number + 1
+    prompts: dict[str, EncodedPrompt] = {}
+    attempts_this_call = 0
+    if bar is not None:
+        bar.update(sum(1 for p in problems if _finished(p.id, tally, schedule)))
+    while held_lines or len(tally.pairs) < min_pairs:
+        group = next_group(problems, tally, schedule, size, {k: v.record.attempt for k, v in held_lines.items()})
+        if not group:
+            break
+        for problem, _ in group:
+            if problem.id not in prompts:
+                prompts[problem.id] = encode_prompt(model.tokenizer, build_prompt(problem.question))
+        width = max(len(prompts[p.id].token_ids) for p, _ in group)
+        cache_len = cache_len_for(width, settings.max_new_tokens)
+        decoder = model.batched_decoder(size, cache_len)
+        rows: list[BatchRow | None] = [
+            BatchRow(prompts[p.id].token_ids, DecodeConfig(schedule[a], settings.top_p, settings.max_new_tokens),
+                     attempt_seed(p.id, a)) for p, a in group]
+        rows += [None] * (size - len(rows))
+        generations = sample_batch(decoder, rows, model.stop_token_ids, width=width)
+        finished_before = sum(1 for p, _ in group if _finished(p.id, tally, schedule))
+        for slot, ((problem, attempt), generation) in enumerate(zip(group, generations)):
+            assert generation is not None
+            layout = BatchLayout(size=size, slot=slot, width=width, cache_len=cache_len, path=decoder.path,
+                                 group=group_number, rows=len(group))
+            held = held_lines.pop(problem.id, None)
+            if held is not None:
+                if held.record.token_ids != generation.token_ids or held.record.batch != layout.to_json():
+                    raise MiningError(f"{problem.id} attempt {attempt} of batch group {group_number}, decoded again "
+                                      "to finish the group a kill cut short, differs from its record: this machine "
+                                      "or software does not reproduce the run; use the machine it was mined on")
+                continue
+            prompt = prompts[problem.id]
+            try:
+                record = attempt_record(model, problem, prompt, attempt, schedule[attempt], settings, generation,
+                                        layout)
+            except DETERMINISTIC_ERRORS as err:
+                if _is_device_error(err):
+                    raise
+                record = replace(failed_attempt(problem, prompt, attempt, schedule[attempt], settings, err, revision),
+                                 batch=layout.to_json())
+            offset = appender.append(record)
+            attempts_this_call += 1
+            tally.write(outdir, tally.add(RunLine(offset, record)))
+        held_lines = {}
+        group_number += 1
+        finished_after = sum(1 for p, _ in group if _finished(p.id, tally, schedule))
+        _show_progress(bar, tally, min_pairs, finished_after - finished_before)
+    return attempts_this_call
+
+
+def _finished(problem_id: str, tally: artifacts.RunTally, schedule: Sequence[float]) -> bool:
+    return problem_id in tally.by_id or len(tally.by_problem.get(problem_id, [])) >= len(schedule)
+
 def run_attempt(
     model: Any, problem: Problem, prompt: EncodedPrompt, attempt: int, temperature: float,
     settings: MineSettings, sampler: Sampler = sample,
 ) -> RunRecord:
     """Decode, parse and score one attempt into its runs.jsonl record."""
-    seed = attempt_seed(problem.id, attempt)
     config = DecodeConfig(temperature, settings.top_p, settings.max_new_tokens)
-    generation = sampler(model, prompt.token_ids, config, seed)
+    generation = sampler(model, prompt.token_ids, config, attempt_seed(problem.id, attempt))
+    return attempt_record(model, problem, prompt, attempt, temperature, settings, generation)
+
+
+def attempt_record(
+    model: Any, problem: Problem, prompt: EncodedPrompt, attempt: int, temperature: float,
+    settings: MineSettings, generation: Generation, batch: BatchLayout | None = None,
+) -> RunRecord:
+    """Parse and score a decoded attempt into its runs.jsonl record."""
     trace = analyze_trace(model.tokenizer, generation.token_ids, problem.gold_answer, settings.strict_format)
     return RunRecord(
         id=problem.id,
         attempt=attempt,
         temperature=temperature,
         top_p=settings.top_p,
-        seed=seed,
+        seed=attempt_seed(problem.id, attempt),
         model=settings.model,
         prompt=prompt.text,
         token_ids=generation.token_ids,
@@ -299,6 +428,7 @@ def run_attempt(
         chat_template_applied=prompt.chat_template_applied,
         model_revision=getattr(getattr(model, "info", None), "revision", None),
         token_logprobs=[round(x, 6) for x in generation.token_logprobs],
+        batch=None if batch is None else batch.to_json(),
         **trace.record_fields(),
     )
 

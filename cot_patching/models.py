@@ -72,7 +72,7 @@ class LoadedModel:
     stop_token_ids: frozenset[int]
     cuda_graphs: bool = True  # on CUDA, decode steps replay a captured graph (see cuda_graphs.py)
     compile_step: bool = True  # ... of the torch.compile'd one-token step
-    _graphed: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
+    _graphed: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -106,7 +106,7 @@ class LoadedModel:
 
     def graphed_decoder(self, max_cache_len: int) -> Any:
         """The CUDA-graph decoder for this cache length, captured on first use and kept."""
-        from cot_patching.cuda_graphs import GraphedDecoder
+        from cot_patching.decoding.cuda_graphs import GraphedDecoder
 
         if self.info.backend != BRIDGE:
             raise BackendError(f"CUDA-graph decoding runs the bridge's Hugging Face model, not {self.info.backend}")
@@ -114,6 +114,23 @@ class LoadedModel:
             self._graphed[max_cache_len] = GraphedDecoder(self.model.original_model, max_cache_len,
                                                           compile_step=self.compile_step)
         return self._graphed[max_cache_len]
+
+    def batched_decoder(self, size: int, cache_len: int, path: str | None = None) -> Any:
+        """The decoder of `size` slots over a static cache of `cache_len` on `path` (default: this model's decode
+        path), made on first use and kept."""
+        from cot_patching.decoding.batched import BatchedDecoder
+
+        if self.info.backend != BRIDGE:
+            raise BackendError("batched decoding (--batch-size > 1) runs the bridge's Hugging Face model; "
+                               f"the {self.info.backend} backend decodes one attempt at a time")
+        path = path or self.decode_path
+        if path != "eager" and self.device.type != "cuda":
+            raise BackendError(f"decode path {path} needs a CUDA device; this model is on {self.device}")
+        key = ("batched", size, cache_len, path)
+        if key not in self._graphed:
+            self._graphed[key] = BatchedDecoder(self.model.original_model, size, cache_len, graphed=path != "eager",
+                                                compile_step=path == "cuda_graph_compiled")
+        return self._graphed[key]
 
     def logits(self, input_ids: Int[Tensor, "1 pos"]) -> Float[Tensor, "1 pos vocab"]:
         """Full-sequence logits of one forward pass."""

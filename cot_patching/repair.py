@@ -21,7 +21,7 @@ from cot_patching import artifacts
 from cot_patching.artifacts import RunLine, RunRecord
 from cot_patching.miner import SETTINGS_BEFORE_RECORDED, outdir_lock
 from cot_patching.prompt import question_of
-from cot_patching.sampling import temperature_schedule
+from cot_patching.decoding.sampling import temperature_schedule
 from cot_patching.traces import TRACE_RULES_VERSION, analyze_trace
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from cot_patching.artifacts import RunRecord
-from cot_patching.sampling import DecodeConfig, sample
+from cot_patching.decoding.batched import BatchLayout, BatchRow, replay_in_slot
+from cot_patching.decoding.sampling import DecodeConfig, Generation, sample
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,27 @@ def replay_attempt(model: Any, record: RunRecord) -> ReplayResult:
     config = DecodeConfig(record.temperature, record.top_p, record.max_new_tokens)
     if record.error is not None:  # an attempt that failed: replaying it must fail the same way
         try:
-            sample(model, record.prompt_token_ids, config, record.seed)
+            decode_again(model, record, config)
         except Exception as err:  # noqa: BLE001 - any failure is compared with the logged one by its type
             same = record.error.startswith(f"{type(err).__name__}:")
             return ReplayResult(id=record.id, attempt=record.attempt, match=same, n_logged=0, n_replayed=0,
                                 first_mismatch=None if same else 0)
         return ReplayResult(id=record.id, attempt=record.attempt, match=False, n_logged=0, n_replayed=0,
                             first_mismatch=0)
-    generation = sample(model, record.prompt_token_ids, config, record.seed)
+    generation = decode_again(model, record, config)
     logged, replayed = record.token_ids, generation.token_ids
     mismatch = first_mismatch(logged, replayed)
     return ReplayResult(
         id=record.id, attempt=record.attempt, match=mismatch is None,
         n_logged=len(logged), n_replayed=len(replayed), first_mismatch=mismatch,
     )
+
+
+def decode_again(model: Any, record: RunRecord, config: DecodeConfig) -> Generation:
+    """Decode a record's attempt the way it was mined: alone, or in its slot of a batch of its recorded shape."""
+    if record.batch is None:
+        return sample(model, record.prompt_token_ids, config, record.seed)
+    layout = BatchLayout.from_json(record.batch)
+    decoder = model.batched_decoder(layout.size, layout.cache_len, layout.path)
+    return replay_in_slot(decoder, BatchRow(record.prompt_token_ids, config, record.seed), layout,
+                          model.stop_token_ids)

@@ -10,7 +10,7 @@ from typing import Any
 from cot_patching import artifacts
 from cot_patching.artifacts import PairRecord, RunLine, RunRecord
 from cot_patching.parsing import parse_trace, select_steps
-from cot_patching.sampling import attempt_seed, temperature_schedule
+from cot_patching.decoding.sampling import attempt_seed, temperature_schedule
 from cot_patching.spans import TokenOffsets
 from cot_patching.prompt import encode_prompt, question_of
 from cot_patching.traces import TRACE_RULES_VERSION, analyze_trace, judge_text

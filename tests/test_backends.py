@@ -15,7 +15,7 @@ from cot_patching.activations import CacheSettings, cache_activations
 from cot_patching.backends import BRIDGE, HOOKED, BackendError, available_backends, resolve_backend
 from cot_patching.models import EMBEDDED, ModelLoadError, from_hf_model, load_model
 from cot_patching.prompt import build_prompt, encode_prompt
-from cot_patching.sampling import DecodeConfig, sample
+from cot_patching.decoding.sampling import DecodeConfig, sample
 from helpers import mine_scripted_pairs
 
 TL_MAJOR = int((backends.transformer_lens_version() or "0").split(".")[0])

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from cot_patching.cuda_graphs import GraphedDecoder
+from cot_patching.decoding.cuda_graphs import GraphedDecoder
 from cot_patching.models import LoadedModel, ModelInfo
-from cot_patching.sampling import DecodeConfig, sample
+from cot_patching.decoding.sampling import DecodeConfig, sample
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 

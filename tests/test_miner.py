@@ -7,7 +7,7 @@ import pytest
 from cot_patching import artifacts
 from cot_patching.miner import MineSettings, MiningError, mine
 from cot_patching.problems import Problem
-from cot_patching.sampling import attempt_seed
+from cot_patching.decoding.sampling import attempt_seed
 
 from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
 
@@ -229,7 +229,7 @@ def test_replaying_a_failed_attempt_fails_the_same_way(tiny):
 
     prompt = EncodedPrompt(text="x", token_ids=[len(tiny.tokenizer) + 5], chat_template_applied=False)
     try:
-        from cot_patching.sampling import DecodeConfig, sample
+        from cot_patching.decoding.sampling import DecodeConfig, sample
 
         sample(tiny, prompt.token_ids, DecodeConfig(0.0, 0.95, 4), 1)
     except Exception as err:  # an id outside the embedding: the failure replay must meet again

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from cot_patching.sampling import (
+from cot_patching.decoding.sampling import (
     DecodeConfig, attempt_seed, choose_next_token, parse_temperature_seq, sample, temperature_schedule,
 )
 

@@ -99,7 +99,7 @@ def test_attempt_after_pair_is_reported(tiny, good):
     lines = path.read_text().splitlines()
     extra = json.loads(lines[1])
     extra["attempt"] = 2
-    from cot_patching.sampling import attempt_seed
+    from cot_patching.decoding.sampling import attempt_seed
     extra["seed"] = attempt_seed(extra["id"], 2)
     extra["temperature"] = 0.9
     lines.insert(2, json.dumps(extra))

@@ -52,7 +52,7 @@ class MineOptions:
     shard: str | None = None
 
     def __post_init__(self) -> None:
-        from cot_patching.sampling import DecodeConfig, parse_temperature_seq
+        from cot_patching.decoding.sampling import DecodeConfig, parse_temperature_seq
 
         for f in fields(self):
             value, kinds = getattr(self, f.name), _OPTION_TYPES[f.name]
@@ -182,7 +182,7 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
     from cot_patching.backends import AUTO, resolve_backend
     from cot_patching.models import load_model, resolve_model
     from cot_patching.problems import load_problems
-    from cot_patching.sampling import parse_temperature_seq
+    from cot_patching.decoding.sampling import parse_temperature_seq
 
     temperature_seq = parse_temperature_seq(options.temperature_seq)
     problems = load_problems(options.problems)

@@ -1,0 +1,273 @@
+"""Batched decoding: N attempts per forward in fixed slots, each replayable alone in its slot (`mine --batch-size`).
+
+A group of up to N attempts is decoded in lockstep over one static KV cache of N slots. Prompts are left-padded to
+the group's width W, so every slot writes the same cache position at every step and the batch keeps one shape from
+the first step to the last. Nothing in a forward mixes rows (matmuls, norms and attention are computed row by row at
+a shape that depends only on N, W and the cache length), and each attempt draws from its own generator, so an
+attempt's tokens depend only on its own prompt, seed, slot, W, N and the cache length, never on what the other
+slots hold. That is what a record keeps (`BatchLayout`); `replay_in_slot` decodes the attempt again in the same slot
+of an otherwise idle batch of the same shape.
+
+Sampling is SPEC §4 for every row (logits / T, the top-p nucleus keeping the top token, one draw from the attempt's
+own `torch.Generator` seeded with its logged seed); softmax, sort and cumsum run over the [N, vocab] block at once
+(row-wise, so the same row gives the same bits whatever the other rows hold), which is why batched records carry
+`sampler: "rows-v1"` and replay only in a batch of their recorded shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from cot_patching.decoding.sampling import CACHE_BUCKET, STOP_CHECK_INTERVAL, DecodeConfig, Generation
+
+BATCH_SAMPLER = "rows-v1"
+BATCH_PATHS = ("eager", "cuda_graph", "cuda_graph_compiled")
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """Where and in what batch shape an attempt was decoded: what a replay needs besides the attempt's own fields."""
+
+    size: int  # N, the slots of the batch
+    slot: int  # this attempt's row
+    width: int  # W, the left-padded prompt width of its group
+    cache_len: int  # static KV cache positions per slot
+    path: str  # "eager", "cuda_graph" or "cuda_graph_compiled"
+    group: int  # the group's sequence number in its run
+    rows: int  # attempts decoded in the group (the other slots idle)
+    sampler: str = BATCH_SAMPLER
+
+    def __post_init__(self) -> None:
+        for name in ("size", "width", "cache_len", "rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"batch {name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.slot, bool) or not isinstance(self.slot, int) or not 0 <= self.slot < self.size:
+            raise ValueError(f"batch slot must be in 0..{self.size - 1}, got {self.slot!r}")
+        if self.rows > self.size:
+            raise ValueError(f"a batch of {self.size} slots cannot hold {self.rows} attempts")
+        if self.path not in BATCH_PATHS:
+            raise ValueError(f"unknown batch decode path {self.path!r}; known: {', '.join(BATCH_PATHS)}")
+        if self.sampler != BATCH_SAMPLER:
+            raise ValueError(f"batch sampler {self.sampler!r} is not one this version replays ({BATCH_SAMPLER})")
+        if isinstance(self.group, bool) or not isinstance(self.group, int) or self.group < 0:
+            raise ValueError(f"batch group must be an integer >= 0, got {self.group!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The layout as stored in a runs.jsonl record's `batch` field."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BatchLayout:
+        """A layout from a record's `batch` field; a field missing or of the wrong kind is a ValueError."""
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ValueError(f"batch field {data!r} is not a batch layout: {err}") from None
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One attempt to decode in a batch: its prompt ids, decode config and seed."""
+
+    prompt_ids: Sequence[int]
+    config: DecodeConfig
+    seed: int
+
+
+def cache_len_for(width: int, max_new_tokens: int) -> int:
+    """The static cache length for a group: room for the prompt and every new token, rounded up to a bucket."""
+    return -(-(width + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+
+
+class BatchedDecoder:
+    """N slots over one static KV cache: prefill left-padded prompts, then one token per slot per `step`.
+
+    On CUDA with `graphed`, the one-token step is captured once as a CUDA graph (optionally of the torch.compile'd
+    model) and replayed; on any device without it, the same forward runs eagerly.
+    """
+
+    def __init__(self, hf_model: Any, size: int, cache_len: int, graphed: bool = False,
+                 compile_step: bool = False) -> None:
+        from transformers import StaticCache
+
+        self.hf_model, self.size, self.cache_len, self.graphed = hf_model, size, cache_len, graphed
+        self.step_model = torch.compile(hf_model, dynamic=False) if graphed and compile_step else hf_model
+        parameter = next(hf_model.parameters())
+        device, dtype = parameter.device, parameter.dtype
+        self.cache = StaticCache(config=hf_model.config, max_cache_len=cache_len)
+        self.input_ids = torch.zeros((size, 1), dtype=torch.long, device=device)
+        self.pads = torch.zeros((size,), dtype=torch.long, device=device)
+        self.position = torch.zeros((1,), dtype=torch.long, device=device)
+        self.key_positions = torch.arange(cache_len, device=device)
+        self.visible = torch.zeros((), dtype=dtype, device=device)
+        self.hidden = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
+        self.width = self.next_position = 0
+        self.prompts: list[list[int] | None] = []
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: Tensor | None = None
+
+    @property
+    def path(self) -> str:
+        """The decode path recorded for attempts decoded here."""
+        if not self.graphed:
+            return "eager"
+        return "cuda_graph_compiled" if self.step_model is not self.hf_model else "cuda_graph"
+
+    def _forward(self, input_ids: Int[Tensor, "n q"], cache_position: Int[Tensor, " q"]) -> Float[Tensor, "n vocab"]:
+        keys = self.key_positions[None, None, :]
+        queries = cache_position[None, :, None]
+        allowed = (keys <= queries) & (keys >= self.pads[:, None, None])
+        # A padding position's query sees only itself: a row of nothing but masked keys would softmax to NaN.
+        allowed = allowed | (keys == queries)
+        mask = torch.where(allowed, self.visible, self.hidden)[:, None]
+        positions = (cache_position[None, :] - self.pads[:, None]).clamp(min=0)
+        model = self.step_model if input_ids.shape[1] == 1 else self.hf_model
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
+                    cache_position=cache_position, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]
+
+    def prefill(self, prompts: Sequence[Sequence[int] | None], width: int) -> Float[Tensor, "n vocab"]:
+        """Reset the cache and run the prompts left-padded to `width` (None: an idle slot); next-token logits."""
+        if len(prompts) != self.size:
+            raise ValueError(f"a batch of {self.size} slots got {len(prompts)} prompts")
+        longest = max((len(p) for p in prompts if p is not None), default=0)
+        if longest > width:
+            raise ValueError(f"a prompt of {longest} tokens does not fit the batch width {width}")
+        if width + 1 > self.cache_len:
+            raise ValueError(f"a batch width of {width} does not fit a cache of {self.cache_len}")
+        self.cache.reset()
+        self.width = self.next_position = width
+        self.prompts = [None if p is None else list(p) for p in prompts]
+        rows = [[0] * width if p is None else [0] * (width - len(p)) + list(p) for p in self.prompts]
+        pads = [width if p is None else width - len(p) for p in self.prompts]
+        self.pads.copy_(torch.tensor(pads, dtype=torch.long))
+        ids = torch.tensor(rows, dtype=torch.long, device=self.input_ids.device)
+        return self._forward(ids, self.key_positions[:width])
+
+    def step(self, tokens: Int[Tensor, " n"]) -> Float[Tensor, "n vocab"]:
+        """Feed one token per slot at the next cache position; the next-token logits of every slot."""
+        if self.next_position >= self.cache_len:
+            raise ValueError(f"position {self.next_position} is past the static cache of {self.cache_len}")
+        self.input_ids.copy_(tokens.view(self.size, 1))
+        self.position.fill_(self.next_position)
+        self.next_position += 1
+        if not self.graphed:
+            return self._forward(self.input_ids, self.position)
+        if self.graph is None:
+            self._capture()
+        assert self.graph is not None and self.logits is not None
+        self.graph.replay()
+        return self.logits
+
+    def _capture(self) -> None:
+        if self.next_position != self.width + 1:
+            raise RuntimeError("the decode graph must be captured at the first step after a prefill")
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up rewrites the same cache position with the same values
+                self._forward(self.input_ids, self.position)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self._forward(self.input_ids, self.position)
+        self.graph = graph
+        # The warm-up and capture forwards ran the cache's bookkeeping; rebuild the group's state from its prompts
+        # so that the first group of a process starts its first step exactly like every later group.
+        self.prefill(self.prompts, self.width)
+        self.next_position = self.width + 1
+
+
+def choose_next_tokens(
+    logits: Float[Tensor, "n vocab"], temperatures: Sequence[float], top_p: Sequence[float],
+    generators: Sequence[torch.Generator | None],
+) -> Int[Tensor, " n"]:
+    """Per row: argmax at T=0, else one draw from the row's own generator from the top-p nucleus of softmax(l / T);
+    rows with no generator (idle slots) get token 0."""
+    device = logits.device
+    greedy = torch.argmax(logits, dim=-1)
+    sampled_rows = [r for r, (t, g) in enumerate(zip(temperatures, generators)) if t != 0 and g is not None]
+    if not sampled_rows:
+        return greedy
+    safe_t = torch.tensor([t if t != 0 else 1.0 for t in temperatures], dtype=torch.float32, device=device)
+    probs = torch.softmax(logits.float() / safe_t[:, None], dim=-1)
+    sorted_probs, sorted_ids = torch.sort(probs, dim=-1, descending=True, stable=True)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    keep = torch.tensor(top_p, dtype=torch.float32, device=device)[:, None]
+    nucleus = torch.where(mass_before < keep, sorted_probs, torch.zeros_like(sorted_probs))
+    tokens = greedy.clone()
+    for row in sampled_rows:
+        choice = torch.multinomial(nucleus[row], num_samples=1, generator=generators[row])
+        tokens[row] = sorted_ids[row, choice[0]]
+    return tokens
+
+
+@torch.inference_mode()
+def sample_batch(
+    decoder: BatchedDecoder, rows: Sequence[BatchRow | None], stop_token_ids: frozenset[int],
+    width: int | None = None, stop_check_interval: int | None = None,
+) -> list[Generation | None]:
+    """Decode each attempt of `rows` in its slot (None: an idle slot) until every one has stopped."""
+    if len(rows) != decoder.size:
+        raise ValueError(f"a batch of {decoder.size} slots got {len(rows)} rows")
+    live = [r for r, row in enumerate(rows) if row is not None]
+    if not live:
+        return [None] * decoder.size
+    max_new = max(rows[r].config.max_new_tokens for r in live)  # type: ignore[union-attr]
+    width = width if width is not None else max(len(rows[r].prompt_ids) for r in live)  # type: ignore[union-attr]
+    device = decoder.input_ids.device
+    generators: list[torch.Generator | None] = [None] * decoder.size
+    for r in live:
+        generators[r] = torch.Generator(device=device)
+        generators[r].manual_seed(rows[r].seed)  # type: ignore[union-attr]
+    temperatures = [0.0 if row is None else row.config.temperature for row in rows]
+    top_p = [1.0 if row is None else row.config.top_p for row in rows]
+    limits = [0 if row is None else row.config.max_new_tokens for row in rows]
+    logits = decoder.prefill([None if row is None else row.prompt_ids for row in rows], width)
+    check_every = stop_check_interval or (STOP_CHECK_INTERVAL if device.type == "cuda" else 1)
+    new_tokens = torch.zeros((max_new, decoder.size), dtype=torch.long, device=device)
+    new_logprobs = torch.zeros((max_new, decoder.size), dtype=torch.float32, device=device)
+    host_tokens: list[list[int]] = []  # [step][slot], read back every `check_every` steps
+    results: list[Generation | None] = [None] * decoder.size
+    pending = set(live)
+    for index in range(max_new):
+        tokens = choose_next_tokens(logits, temperatures, top_p, generators)
+        new_tokens[index] = tokens
+        new_logprobs[index] = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None])[:, 0]
+        last = index + 1 == max_new
+        if last or (index + 1) % check_every == 0:
+            checked = len(host_tokens)
+            host_tokens += new_tokens[checked: index + 1].tolist()
+            for r in sorted(pending):
+                seen = min(len(host_tokens), limits[r])
+                stop_at = next((i for i in range(checked, seen) if host_tokens[i][r] in stop_token_ids), None)
+                if stop_at is None and seen < limits[r]:
+                    continue
+                end = seen if stop_at is None else stop_at + 1
+                results[r] = Generation([step[r] for step in host_tokens[:end]],
+                                        "length" if stop_at is None else "stop", new_logprobs[:end, r].tolist())
+                pending.discard(r)
+            if not pending:
+                break
+        if not last:
+            logits = decoder.step(tokens)
+    return results
+
+
+def replay_in_slot(decoder: BatchedDecoder, row: BatchRow, layout: BatchLayout,
+                   stop_token_ids: frozenset[int]) -> Generation:
+    """Decode one recorded attempt again in its slot of an otherwise idle batch of its recorded shape."""
+    if (decoder.size, decoder.cache_len, decoder.path) != (layout.size, layout.cache_len, layout.path):
+        raise ValueError(f"the attempt was decoded in a batch of {layout.size} slots, cache {layout.cache_len}, "
+                         f"path {layout.path}; this decoder has {decoder.size}, {decoder.cache_len}, {decoder.path}")
+    rows: list[BatchRow | None] = [None] * layout.size
+    rows[layout.slot] = row
+    generation = sample_batch(decoder, rows, stop_token_ids, width=layout.width)[layout.slot]
+    assert generation is not None
+    return generation

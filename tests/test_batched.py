@@ -1,0 +1,231 @@
+"""Batched decoding (`mine --batch-size N`): slot independence, exact replay in the slot, the stop rule by group,
+resume of a group a kill cut short (tiny random Llama with SmolLM2's tokenizer, CPU, fp32)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from cot_patching import artifacts, miner
+from cot_patching.backends import BRIDGE, resolve_backend
+from cot_patching.decoding.batched import (
+    BatchedDecoder, BatchLayout, BatchRow, cache_len_for, choose_next_tokens, sample_batch,
+)
+from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample
+from cot_patching.miner import MineSettings, MiningError, mine
+from cot_patching.problems import Problem
+from cot_patching.replay import replay_attempt
+from cot_patching.validate import validate_outdir
+from helpers import CORRECT, UNPARSED, WRONG
+
+pytestmark = pytest.mark.skipif(resolve_backend(None) != BRIDGE,
+                                reason="batched decoding runs the bridge's Hugging Face model (TransformerLens 4)")
+
+PROMPTS = [list(range(100, 100 + n)) for n in (20, 33, 27)]
+WIDTH = 33
+SAMPLED = DecodeConfig(temperature=1.0, top_p=0.95, max_new_tokens=24)
+
+
+def decoder(model, size=4, max_new=24):
+    return BatchedDecoder(model.model.original_model, size, cache_len_for(WIDTH, max_new))
+
+
+def test_a_slot_decodes_the_same_bits_whatever_the_other_slots_hold(tiny):
+    dec = decoder(tiny)
+    rows = [BatchRow(p, SAMPLED, 1000 + i) for i, p in enumerate(PROMPTS)] + [None]
+    together = sample_batch(dec, rows, frozenset())
+    alone = sample_batch(dec, [None, rows[1], None, None], frozenset(), width=WIDTH)
+    others = [BatchRow(list(range(500, 530)), SAMPLED, 7), rows[1],
+              BatchRow(list(range(50, 83)), replace(SAMPLED, temperature=0.0), 9), BatchRow([5] * 10, SAMPLED, 3)]
+    with_others = sample_batch(dec, others, frozenset(), width=WIDTH)
+    for run in (alone, with_others):
+        assert run[1].token_ids == together[1].token_ids
+        assert run[1].token_logprobs == together[1].token_logprobs  # bitwise, not approximately
+    # Negative control: the same comparison tells a row with another seed apart.
+    reseeded = sample_batch(dec, [None, replace(rows[1], seed=1002), None, None], frozenset(), width=WIDTH)
+    assert reseeded[1].token_ids != together[1].token_ids
+
+
+def test_a_greedy_slot_follows_the_batch_1_decoder(tiny):
+    rows = [BatchRow(PROMPTS[0], replace(SAMPLED, temperature=0.0, max_new_tokens=12), 1), None, None, None]
+    batched = sample_batch(decoder(tiny), rows, frozenset(), width=WIDTH)[0]
+    alone = sample(tiny, PROMPTS[0], replace(SAMPLED, temperature=0.0, max_new_tokens=12), 1)
+    assert batched.token_ids == alone.token_ids
+    assert batched.token_logprobs == pytest.approx(alone.token_logprobs, abs=1e-5)
+
+
+def test_each_slot_stops_at_its_own_end_of_turn(tiny):
+    rows = [BatchRow(p, SAMPLED, 50 + i) for i, p in enumerate(PROMPTS)] + [None]
+    free = sample_batch(decoder(tiny), rows, frozenset())
+    stop = free[0].token_ids[5]  # slot 0 stops at its 6th token; the others at their first use of that id
+    stopped = sample_batch(decoder(tiny), rows, frozenset({stop}))
+    for got, full in zip(stopped[:3], free[:3]):
+        end = full.token_ids.index(stop) + 1 if stop in full.token_ids else len(full.token_ids)
+        assert got.token_ids == full.token_ids[:end]
+        assert got.finish_reason == ("stop" if stop in full.token_ids else "length")
+        assert len(got.token_logprobs) == len(got.token_ids)
+    assert stopped[3] is None and len(stopped[0].token_ids) == 6
+
+
+def test_rows_sample_from_their_own_nucleus():
+    logits = torch.tensor([[5.0, 4.9, -10.0, -10.0], [0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 2.0, 0.0]])
+    generators = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    tokens = choose_next_tokens(logits, [1.0, 1.0, 0.0], [0.5, 1.0, 0.9], generators)
+    assert int(tokens[0]) == 0  # top-p 0.5 keeps only the top token
+    assert int(tokens[2]) == 1  # T = 0 is the argmax
+    draws = {int(choose_next_tokens(logits, [1.0, 1.0, 0.0], [0.5, 1.0, 0.9],
+                                    [None, torch.Generator().manual_seed(s), None])[1]) for s in range(40)}
+    assert draws == {0, 1, 2, 3}  # a flat row with top-p 1 reaches every token
+
+
+def test_layout_is_validated():
+    good = BatchLayout(size=4, slot=3, width=10, cache_len=256, path="eager", group=0, rows=2)
+    assert BatchLayout.from_json(good.to_json()) == good
+    for bad in ({"slot": 4}, {"rows": 5}, {"path": "warp"}, {"size": True}, {"sampler": "rows-v0"}, {"group": -1}):
+        with pytest.raises(ValueError):
+            replace(good, **bad)
+    with pytest.raises(ValueError, match="not a batch layout"):
+        BatchLayout.from_json({"size": 4})
+
+
+PROBLEMS = [Problem(f"b{i}", f"What is 2 + 3? ({i})", "5", "test") for i in range(5)]
+
+
+def settings(**overrides):
+    return MineSettings(model="tiny", problems_sha256="x", **{"max_new_tokens": 16, **overrides})
+
+
+def test_batched_mining_records_layouts_validates_and_replays_exactly(tiny, tmp_path):
+    result = mine(PROBLEMS, tiny, settings(batch_size=3, max_tries=3), tmp_path, min_pairs=5, progress=False,
+                  manifest={"model": tiny.info.to_json()})
+    runs = [line.record for line in artifacts.read_runs(tmp_path / artifacts.RUNS_FILE)]
+    assert result.attempts_this_call == len(runs) == 15  # a random model finds no pair: every try is used
+    layouts = [BatchLayout.from_json(r.batch) for r in runs]
+    assert [(r.id, r.attempt) for r in runs[:3]] == [("b0", 0), ("b1", 0), ("b2", 0)]  # the first group
+    assert [(lay.group, lay.slot, lay.rows) for lay in layouts[:4]] == [(0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3)]
+    assert all(lay.path == "eager" and lay.size == 3 for lay in layouts)
+    assert validate_outdir(tmp_path) == []
+    replays = [replay_attempt(tiny, r) for r in runs]
+    assert all(result.match for result in replays)
+    # Negative control: a record whose 4th token was changed does not replay, and says where.
+    perturbed = replace(runs[4], token_ids=runs[4].token_ids[:3] + [runs[4].token_ids[3] + 1] + runs[4].token_ids[4:])
+    assert replay_attempt(tiny, perturbed).first_mismatch == 3
+
+
+def scripted_batches(monkeypatch, tokenizer, scripts):
+    """Make `mine` decode groups from scripts (problem -> texts by attempt), recording each group's members."""
+    groups: list[list[tuple[int, float]]] = []
+
+    def fake(decoder, rows, stop_token_ids, width=None, stop_check_interval=None):
+        groups.append([(row.seed, row.config.temperature) for row in rows if row is not None])
+        by_seed = {attempt_seed(pid, k): text for pid, texts in scripts.items() for k, text in enumerate(texts)}
+        out = []
+        for row in rows:
+            if row is None:
+                out.append(None)
+                continue
+            ids = tokenizer(by_seed[row.seed], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            out.append(Generation(ids, "stop", [0.0] * len(ids)))
+        return out
+
+    monkeypatch.setattr(miner, "sample_batch", fake)
+    return groups
+
+
+def test_the_stop_rule_holds_per_problem_and_groups_take_the_first_due_problems(tiny, tmp_path, monkeypatch):
+    scripts = {"b0": [CORRECT, WRONG], "b1": [WRONG, UNPARSED, WRONG, CORRECT], "b2": [CORRECT] * 8,
+               "b3": [WRONG, CORRECT], "b4": [UNPARSED, CORRECT, WRONG]}
+    groups = scripted_batches(monkeypatch, tiny.tokenizer, scripts)
+    result = mine(PROBLEMS, tiny, settings(batch_size=2, max_new_tokens=256), tmp_path, min_pairs=10,
+                  progress=False)
+    runs = [line.record for line in artifacts.read_runs(tmp_path / artifacts.RUNS_FILE)]
+    by_problem = {p.id: [r.attempt for r in runs if r.id == p.id] for p in PROBLEMS}
+    assert by_problem == {"b0": [0, 1], "b1": [0, 1, 2, 3], "b2": list(range(8)), "b3": [0, 1], "b4": [0, 1, 2]}
+    seeds = {attempt_seed(p, k): (p, k) for p in scripts for k in range(8)}
+    members = [[seeds[seed] for seed, _ in group] for group in groups]
+    assert members[:3] == [[("b0", 0), ("b1", 0)], [("b0", 1), ("b1", 1)], [("b1", 2), ("b2", 0)]]
+    assert {p.id for p in result.pairs} == {"b0", "b1", "b3", "b4"}
+    assert validate_outdir(tmp_path) == []
+
+
+def test_min_pairs_is_checked_between_groups(tiny, tmp_path, monkeypatch):
+    scripts = {p.id: [WRONG, CORRECT] for p in PROBLEMS}
+    scripted_batches(monkeypatch, tiny.tokenizer, scripts)
+    result = mine(PROBLEMS, tiny, settings(batch_size=2), tmp_path, min_pairs=1, progress=False)
+    assert [p.id for p in result.pairs] == ["b0", "b1"]  # the group that made the first pair also made the second
+
+
+def test_a_group_cut_short_by_a_kill_is_finished_identically(tiny, tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    mine(PROBLEMS, tiny, settings(batch_size=3, max_tries=2), whole, min_pairs=5, progress=False)
+    lines = (whole / artifacts.RUNS_FILE).read_bytes().splitlines(keepends=True)
+    cut.mkdir()
+    for name in (artifacts.MANIFEST_FILE,):
+        (cut / name).write_bytes((whole / name).read_bytes())
+    # A kill after the 2nd of the 2nd group's 3 lines, in the middle of writing the 3rd (a torn tail).
+    (cut / artifacts.RUNS_FILE).write_bytes(b"".join(lines[:5]) + lines[5][:40])
+    assert len(miner.unfinished_group(artifacts.read_runs(cut / artifacts.RUNS_FILE))) == 2
+    result = mine(PROBLEMS, tiny, settings(batch_size=3, max_tries=2), cut, min_pairs=5, progress=False)
+    assert result.resumed_from == 5 and result.attempts_this_call == len(lines) - 5
+    for name in (artifacts.RUNS_FILE, artifacts.PAIRS_FILE, artifacts.PAIRS_CSV):
+        assert (cut / name).read_bytes() == (whole / name).read_bytes()
+    assert json.loads((cut / artifacts.SUMMARY_FILE).read_text()) == json.loads(
+        (whole / artifacts.SUMMARY_FILE).read_text())
+
+
+def test_a_written_line_that_does_not_decode_again_stops_the_resume(tiny, tmp_path):
+    mine(PROBLEMS, tiny, settings(batch_size=3, max_tries=2), tmp_path, min_pairs=5, progress=False)
+    path = tmp_path / artifacts.RUNS_FILE
+    lines = path.read_bytes().splitlines(keepends=True)
+    record = json.loads(lines[4])
+    record["token_ids"][0] += 1  # a line the machine cannot have produced
+    path.write_bytes(b"".join(lines[:4]) + (json.dumps(record) + "\n").encode())
+    before = path.read_bytes()
+    with pytest.raises(MiningError, match="differs from its record"):
+        mine(PROBLEMS, tiny, settings(batch_size=3, max_tries=2), tmp_path, min_pairs=5, progress=False)
+    assert path.read_bytes() == before  # nothing written, nothing lost
+
+
+def test_resuming_with_another_batch_size_is_refused(tiny, tmp_path):
+    mine(PROBLEMS[:1], tiny, settings(batch_size=2, max_tries=1), tmp_path, min_pairs=5, progress=False,
+         manifest={})
+    with pytest.raises(MiningError, match="batch_size is 2 there, 1 now"):
+        mine(PROBLEMS[:1], tiny, settings(max_tries=1), tmp_path, min_pairs=5, progress=False)
+
+
+def test_runs_mined_before_batching_keep_resuming(tiny, tmp_path):
+    mine(PROBLEMS[:1], tiny, settings(max_tries=1), tmp_path, min_pairs=5, progress=False)
+    manifest = json.loads((tmp_path / artifacts.MANIFEST_FILE).read_text())
+    del manifest["settings"]["batch_size"]  # a manifest written before the setting existed
+    (tmp_path / artifacts.MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert "batch" not in json.loads((tmp_path / artifacts.RUNS_FILE).read_text().splitlines()[0])
+    mine(PROBLEMS[:2], tiny, settings(max_tries=1), tmp_path, min_pairs=5, progress=False)
+
+
+def test_batch_size_is_validated():
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="batch_size"):
+            settings(batch_size=bad)
+
+
+def test_records_without_a_layout_keep_their_old_bytes(tiny, tmp_path):
+    record = artifacts.RunRecord(id="a", attempt=0, temperature=0.0, top_p=0.95, seed=1, model="m", prompt="p",
+                                 text="", final_answer=None, correct=False, parse_ok=False, token_ids=[],
+                                 step_spans=[], final_answer_span=None, prompt_token_ids=[1], max_new_tokens=1,
+                                 finish_reason="length")
+    assert b'"batch"' not in record.to_line()
+    assert b'"batch": {"size": 2' in replace(record, batch={"size": 2}).to_line()
+
+
+def test_paths_of_the_decoders(tiny):
+    assert tiny.batched_decoder(2, 256).path == "eager"
+    assert tiny.batched_decoder(2, 256) is tiny.batched_decoder(2, 256, "eager")
+    from cot_patching.backends import BackendError
+
+    with pytest.raises(BackendError, match="needs a CUDA device"):
+        tiny.batched_decoder(2, 256, "cuda_graph")
+    assert isinstance(Path(__file__), Path)
