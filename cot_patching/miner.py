@@ -18,7 +18,9 @@ from cot_patching.backends import BACKENDS, BRIDGE
 from cot_patching.problems import Problem
 from cot_patching.prompt import PROMPT_TEMPLATE_SHA256, EncodedPrompt, build_prompt, encode_prompt
 from cot_patching.sharding import parse_shard
-from cot_patching.decoding.batched import BatchLayout, BatchRow, cache_len_for, sample_batch
+from cot_patching.decoding.batched import (
+    BatchLayout, BatchRow, cache_len_for, largest_batch_size, sample_batch, slot_bytes,
+)
 from cot_patching.decoding.sampling import (
     DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TRIES, DEFAULT_TEMPERATURE_SEQ, DEFAULT_TOP_P,
     DecodeConfig, Generation, attempt_seed, sample, temperature_schedule,
@@ -343,7 +345,11 @@ def _mine_in_groups(
     held_lines = {line.record.id: line for line in unfinished_group(runs)}
     group_number = max((line.record.batch["group"] for line in runs if line.record.batch is not None), default=-1)
     group_number = group_number if held_lines else group_number + 1
-    prompts: dict[str, EncodedPrompt] = {}
+    prompts = {p.id: encode_prompt(model.tokenizer, build_prompt(p.question)) for p in problems}
+    # One cache length for the whole run (room for its widest prompt): one decoder, one graph capture.
+    widest = max((len(prompt.token_ids) for prompt in prompts.values()), default=1)
+    cache_len = cache_len_for(widest, settings.max_new_tokens)
+    _check_batch_fits(model, size, cache_len, widest)
     attempts_this_call = 0
     if bar is not None:
         bar.update(sum(1 for p in problems if _finished(p.id, tally, schedule)))
@@ -351,11 +357,7 @@ def _mine_in_groups(
         group = next_group(problems, tally, schedule, size, {k: v.record.attempt for k, v in held_lines.items()})
         if not group:
             break
-        for problem, _ in group:
-            if problem.id not in prompts:
-                prompts[problem.id] = encode_prompt(model.tokenizer, build_prompt(problem.question))
         width = max(len(prompts[p.id].token_ids) for p, _ in group)
-        cache_len = cache_len_for(width, settings.max_new_tokens)
         decoder = model.batched_decoder(size, cache_len)
         rows: list[BatchRow | None] = [
             BatchRow(prompts[p.id].token_ids, DecodeConfig(schedule[a], settings.top_p, settings.max_new_tokens),
@@ -391,6 +393,23 @@ def _mine_in_groups(
         finished_after = sum(1 for p, _ in group if _finished(p.id, tally, schedule))
         _show_progress(bar, tally, min_pairs, finished_after - finished_before)
     return attempts_this_call
+
+
+def _check_batch_fits(model: Any, size: int, cache_len: int, width: int) -> None:
+    """Refuse, before decoding, a batch size whose caches and buffers do not fit the GPU's free memory."""
+    import torch
+
+    device = getattr(model, "device", None)
+    if not isinstance(device, torch.device) or device.type != "cuda":
+        return
+    free, _ = torch.cuda.mem_get_info(device)
+    hf_model = model.model.original_model
+    fits = largest_batch_size(hf_model, cache_len, width, free)
+    if size > fits:
+        need = size * slot_bytes(hf_model, cache_len, width) / 2**30
+        raise MiningError(f"--batch-size {size} needs about {need:.1f} GiB for its KV cache ({cache_len} positions a "
+                          f"slot) and buffers, {free / 2**30:.1f} GiB is free on {device}: the largest batch size "
+                          f"that fits is {fits}")
 
 
 def _finished(problem_id: str, tally: artifacts.RunTally, schedule: Sequence[float]) -> bool:

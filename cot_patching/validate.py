@@ -10,6 +10,7 @@ from typing import Any
 from cot_patching import artifacts
 from cot_patching.artifacts import PairRecord, RunLine, RunRecord
 from cot_patching.parsing import parse_trace, select_steps
+from cot_patching.decoding.batched import BatchLayout
 from cot_patching.decoding.sampling import attempt_seed, temperature_schedule
 from cot_patching.spans import TokenOffsets
 from cot_patching.prompt import encode_prompt, question_of
@@ -52,6 +53,7 @@ def validate_outdir(outdir: str | Path, tokenizer: Any | None = None) -> list[Vi
                             f"{line.record.model_revision!r} differs from the manifest's {revision!r}")
         found += [Violation(artifacts.RUNS_FILE, number, m) for m in messages]
     found += _check_attempt_order(runs, settings)
+    found += _check_batches(runs, settings)
     pairs = _check_pairs(root, runs, settings, found)
     found += _check_derived(root, runs, pairs)
     return found
@@ -171,6 +173,46 @@ def _check_tokens(record: RunRecord, tokenizer: Any, strict: bool) -> list[str]:
         fresh is not None and (recorded.get("tok_start"), recorded.get("tok_end")) != (fresh.tok_start, fresh.tok_end)
     ):
         out.append("final_answer_span is not the smallest token cover of the final answer")
+    return out
+
+
+def _check_batches(runs: list[RunLine], settings: dict[str, Any]) -> list[Violation]:
+    """Batched attempts: a valid layout, of the run's batch size, one group's attempts sharing its shape in distinct
+    slots, each prompt within the group's width and the cache holding every new token."""
+    out: list[Violation] = []
+    size = settings.get("batch_size", 1) if settings else None
+    groups: dict[int, list[tuple[int, BatchLayout]]] = {}
+    for number, line in enumerate(runs, start=1):
+        record = line.record
+        where = f"{record.id} attempt {record.attempt}"
+        if record.batch is None:
+            if size not in (None, 1):
+                out.append(Violation(artifacts.RUNS_FILE, number, f"{where}: no batch layout in a run mined with "
+                                                                  f"batch size {size}"))
+            continue
+        try:
+            layout = BatchLayout.from_json(record.batch)
+        except ValueError as err:
+            out.append(Violation(artifacts.RUNS_FILE, number, f"{where}: {err}"))
+            continue
+        if size is not None and layout.size != size:
+            out.append(Violation(artifacts.RUNS_FILE, number, f"{where}: decoded in a batch of {layout.size}, the "
+                                                              f"run's batch size is {size}"))
+        if len(record.prompt_token_ids) > layout.width or layout.width + record.max_new_tokens > layout.cache_len:
+            out.append(Violation(artifacts.RUNS_FILE, number, f"{where}: its prompt of {len(record.prompt_token_ids)}"
+                                 f" tokens and {record.max_new_tokens} new tokens do not fit width {layout.width}, "
+                                 f"cache {layout.cache_len}"))
+        groups.setdefault(layout.group, []).append((number, layout))
+    for group, members in groups.items():
+        first_line, first = members[0]
+        shape = (first.size, first.width, first.cache_len, first.path, first.rows)
+        if any((m.size, m.width, m.cache_len, m.path, m.rows) != shape for _, m in members):
+            out.append(Violation(artifacts.RUNS_FILE, first_line, f"batch group {group}: attempts disagree on its "
+                                                                  "size, width, cache, path or rows"))
+        slots = [m.slot for _, m in members]
+        if len(set(slots)) != len(slots) or len(members) > first.rows:
+            out.append(Violation(artifacts.RUNS_FILE, first_line, f"batch group {group}: slots {slots} are not "
+                                                                  f"distinct or exceed its {first.rows} rows"))
     return out
 
 

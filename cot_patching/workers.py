@@ -149,7 +149,7 @@ def mine_flags(options: Any) -> list[str]:
     flags = ["--problems", options.problems, "--model", options.model, "--max-tries", str(options.max_tries),
              "--min-pairs", str(options.min_pairs), "--temperature-seq", options.temperature_seq,
              "--top-p", repr(float(options.top_p)), "--max-new-tokens", str(options.max_new_tokens),
-             "--dtype", options.dtype, "--backend", options.backend]
+             "--dtype", options.dtype, "--backend", options.backend, "--batch-size", str(options.batch_size)]
     for name in ("load_in_4bit", "strict_format", "pair_unparsed"):
         if getattr(options, name):
             flags.append("--" + name.replace("_", "-"))

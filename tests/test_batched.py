@@ -229,3 +229,73 @@ def test_paths_of_the_decoders(tiny):
     with pytest.raises(BackendError, match="needs a CUDA device"):
         tiny.batched_decoder(2, 256, "cuda_graph")
     assert isinstance(Path(__file__), Path)
+
+
+def test_validate_checks_batch_layouts(tiny, tmp_path):
+    mine(PROBLEMS[:3], tiny, settings(batch_size=3, max_tries=1), tmp_path, min_pairs=5, progress=False)
+    path = tmp_path / artifacts.RUNS_FILE
+    good = path.read_bytes()
+    lines = [json.loads(line) for line in good.splitlines()]
+    lines[1]["batch"]["slot"] = 0  # two attempts in one slot
+    lines[2]["batch"]["width"] = 3  # a prompt wider than its group
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    messages = [v.message for v in validate_outdir(tmp_path)]
+    assert any("slots [0, 0, 2] are not distinct" in m for m in messages)
+    assert any("do not fit width 3" in m for m in messages)
+    assert any("disagree on its size, width" in m for m in messages)
+    path.write_bytes(good)
+    assert validate_outdir(tmp_path) == []
+
+
+def test_the_cli_mines_in_batches_and_reproduce_replays_them(tmp_path, tiny_dir):
+    from typer.testing import CliRunner
+
+    from cot_patching.cli import app
+
+    problems = tmp_path / "problems.json"
+    problems.write_text(json.dumps([{"id": p.id, "question": p.question, "gold_answer": p.gold_answer}
+                                    for p in PROBLEMS[:3]]))
+    out = tmp_path / "run"
+    runner = CliRunner()
+    mined = runner.invoke(app, ["mine", "--problems", str(problems), "--model", str(tiny_dir), "--outdir", str(out),
+                                "--max-tries", "2", "--max-new-tokens", "12", "--batch-size", "2", "--no-progress",
+                                "--device", "cpu"])
+    assert mined.exit_code == 0, mined.output
+    assert json.loads((out / artifacts.MANIFEST_FILE).read_text())["settings"]["batch_size"] == 2
+    replayed = runner.invoke(app, ["reproduce", "--outdir", str(out), "--all-runs"])
+    assert replayed.exit_code == 0, replayed.output
+    assert "6/6 attempts reproduced exactly" in replayed.output
+    refused = runner.invoke(app, ["mine", "--problems", str(problems), "--model", str(tiny_dir), "--outdir",
+                                  str(tmp_path / "bad"), "--batch-size", "0", "--no-progress"])
+    assert refused.exit_code != 0 and "--batch-size must be >= 1, got 0" in refused.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("path", ["eager", "cuda_graph", "cuda_graph_compiled"])
+def test_on_the_gpu_a_slot_is_independent_of_the_others_and_of_capture(path):
+    from test_cuda_graphs import tiny_qwen2, wrapped
+
+    model = wrapped(tiny_qwen2(), compile_step=True)
+    dec = model.batched_decoder(8, cache_len_for(40, 64), path)
+    prompts = [list(range(100 + 7 * i, 120 + 9 * i)) for i in range(8)]
+    rows = [BatchRow(p, replace(SAMPLED, max_new_tokens=64), 300 + i) for i, p in enumerate(prompts)]
+    first = sample_batch(dec, rows, frozenset(), width=40)  # the first group captures the graph
+    again = sample_batch(dec, rows, frozenset(), width=40)
+    alone = sample_batch(dec, [None] * 5 + [rows[5]] + [None] * 2, frozenset(), width=40)
+    shuffled = sample_batch(dec, rows[::-1][:5] + [rows[5]] + rows[:2], frozenset(), width=40)
+    for run in (again, alone, shuffled):
+        assert run[5].token_ids == first[5].token_ids
+        assert run[5].token_logprobs == first[5].token_logprobs
+    assert again[0].token_logprobs == first[0].token_logprobs
+    assert dec.path == path
+
+
+def test_the_largest_batch_that_fits_follows_the_kv_cache(tiny):
+    from cot_patching.decoding.batched import largest_batch_size, slot_bytes
+
+    hf = tiny.model.original_model
+    per_slot = slot_bytes(hf, 512, 100)
+    kv = 2 * 2 * 2 * 16 * 512 * 4  # K and V, 2 layers, 2 KV heads of 16 dims, 512 positions, fp32
+    assert per_slot > kv and slot_bytes(hf, 1024, 100) - per_slot == kv + 100 * 512 * 4
+    assert largest_batch_size(hf, 512, 100, free_bytes=10 * per_slot) == 9  # a tenth stays free
+    assert largest_batch_size(hf, 512, 100, free_bytes=per_slot) == 0

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "pair_unparsed": False,
     "backend": "auto",
     "shard": None,
+    "batch_size": 1,
 }
 
 
@@ -50,6 +51,7 @@ class MineOptions:
     pair_unparsed: bool
     backend: str
     shard: str | None = None
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
         from cot_patching.decoding.sampling import DecodeConfig, parse_temperature_seq
@@ -63,6 +65,8 @@ class MineOptions:
             raise ValueError(f"--min-pairs must be >= 1, got {self.min_pairs}")
         if self.max_tries < 1:
             raise ValueError(f"--max-tries must be >= 1, got {self.max_tries}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         parse_temperature_seq(self.temperature_seq)
         DecodeConfig(0.0, self.top_p, self.max_new_tokens)
         if self.shard is not None:
@@ -75,7 +79,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "problems": (str,), "model": (str,), "outdir": (str,), "max_tries": (int,), "min_pairs": (int,),
     "temperature_seq": (str,), "top_p": (int, float), "max_new_tokens": (int,), "device": (str, type(None)),
     "dtype": (str,), "load_in_4bit": (bool,), "strict_format": (bool,), "pair_unparsed": (bool,), "backend": (str,),
-    "shard": (str, type(None)),
+    "shard": (str, type(None)), "batch_size": (int,),
 }
 
 
@@ -127,6 +131,9 @@ def mine_command(
     backend: Optional[str] = typer.Option(None, help="bridge (TransformerLens 4), hooked (3.9 HookedTransformer) or auto: a resumed run's, else the installed one's.  [default: auto]"),
     shard: Optional[str] = typer.Option(None, help="K/N: mine only shard K of N of the problems (by a hash of each "
                                         "id); merge the N outdirs with `cot-patching merge`."),
+    batch_size: Optional[int] = typer.Option(None, help="Attempts decoded per forward: the next attempt of the first N "
+                                             "problems still due, each replayable in its slot (bridge backend). "
+                                             " [default: 1]"),
     devices: Optional[str] = typer.Option(None, help="cuda:0,cuda:1,... or all: one worker process per device, each "
                                           "a shard in OUTDIR/shards/, merged into OUTDIR at the end."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --outdir."),
@@ -203,6 +210,7 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
         pair_unparsed=options.pair_unparsed,
         backend=backend,
         shard=options.shard,
+        batch_size=options.batch_size,
     )
     resolve_model(options.model)
     miner.check_outdir(Path(options.outdir), settings, overwrite)

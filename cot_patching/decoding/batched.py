@@ -85,6 +85,24 @@ def cache_len_for(width: int, max_new_tokens: int) -> int:
     return -(-(width + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
 
 
+def slot_bytes(hf_model: Any, cache_len: int, width: int) -> int:
+    """Device memory one slot needs beyond the weights (an upper estimate): its KV cache, its share of the prefill's
+    activations and mask, its sampling buffers."""
+    cfg = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
+    element = next(hf_model.parameters()).element_size()
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    kv_cache = 2 * cfg.num_hidden_layers * kv_heads * head_dim * cache_len * element
+    prefill = width * (4 * cfg.hidden_size + 3 * cfg.intermediate_size + cache_len) * element
+    sampling = cfg.vocab_size * (6 * 4 + 2 * 8)  # fp32 logits, probs, sorted, cumsum, nucleus, log-probs; int64 ids
+    return kv_cache + prefill + sampling
+
+
+def largest_batch_size(hf_model: Any, cache_len: int, width: int, free_bytes: int) -> int:
+    """The most slots that fit in `free_bytes` (keeping a tenth free for the allocator)."""
+    return int(0.9 * free_bytes) // slot_bytes(hf_model, cache_len, width)
+
+
 class BatchedDecoder:
     """N slots over one static KV cache: prefill left-padded prompts, then one token per slot per `step`.
 
@@ -201,10 +219,11 @@ def choose_next_tokens(
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     keep = torch.tensor(top_p, dtype=torch.float32, device=device)[:, None]
     nucleus = torch.where(mass_before < keep, sorted_probs, torch.zeros_like(sorted_probs))
+    choices = torch.cat([torch.multinomial(nucleus[row], num_samples=1, generator=generators[row])
+                         for row in sampled_rows])
+    rows = torch.tensor(sampled_rows, dtype=torch.long, device=device)
     tokens = greedy.clone()
-    for row in sampled_rows:
-        choice = torch.multinomial(nucleus[row], num_samples=1, generator=generators[row])
-        tokens[row] = sorted_ids[row, choice[0]]
+    tokens[rows] = sorted_ids[rows, choices]
     return tokens
 
 
