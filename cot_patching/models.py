@@ -116,14 +116,18 @@ class LoadedModel:
         return self._graphed[max_cache_len]
 
     def batched_decoder(self, size: int, cache_len: int, path: str | None = None) -> Any:
-        """The decoder of `size` slots over a static cache of `cache_len` on `path` (default: this model's decode
-        path), made on first use and kept."""
+        """The decoder of `size` slots over a static cache of `cache_len` on `path`, made on first use and kept.
+
+        The default path is `cuda_graph` on CUDA (the step captured uncompiled: compiling the bridge's modules
+        recompiles per layer and falls back past Dynamo's recompile limit) and `eager` elsewhere; a replay passes
+        the path its record names.
+        """
         from cot_patching.decoding.batched import BatchedDecoder
 
         if self.info.backend != BRIDGE:
             raise BackendError("batched decoding (--batch-size > 1) runs the bridge's Hugging Face model; "
                                f"the {self.info.backend} backend decodes one attempt at a time")
-        path = path or self.decode_path
+        path = path or ("eager" if self.decode_path == "eager" else "cuda_graph")
         if path != "eager" and self.device.type != "cuda":
             raise BackendError(f"decode path {path} needs a CUDA device; this model is on {self.device}")
         key = ("batched", size, cache_len, path)

@@ -13,7 +13,7 @@ import torch
 from cot_patching import artifacts, miner
 from cot_patching.backends import BRIDGE, resolve_backend
 from cot_patching.decoding.batched import (
-    BatchedDecoder, BatchLayout, BatchRow, cache_len_for, choose_next_tokens, sample_batch,
+    BatchedDecoder, BatchLayout, BatchRow, RowSampling, cache_len_for, choose_next_tokens, sample_batch,
 )
 from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample
 from cot_patching.miner import MineSettings, MiningError, mine
@@ -73,13 +73,27 @@ def test_each_slot_stops_at_its_own_end_of_turn(tiny):
 
 def test_rows_sample_from_their_own_nucleus():
     logits = torch.tensor([[5.0, 4.9, -10.0, -10.0], [0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 2.0, 0.0]])
-    generators = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
-    tokens = choose_next_tokens(logits, [1.0, 1.0, 0.0], [0.5, 1.0, 0.9], generators)
-    assert int(tokens[0]) == 0  # top-p 0.5 keeps only the top token
-    assert int(tokens[2]) == 1  # T = 0 is the argmax
-    draws = {int(choose_next_tokens(logits, [1.0, 1.0, 0.0], [0.5, 1.0, 0.9],
-                                    [None, torch.Generator().manual_seed(s), None])[1]) for s in range(40)}
-    assert draws == {0, 1, 2, 3}  # a flat row with top-p 1 reaches every token
+
+    def draw(seed: int) -> list[int]:
+        generators = [torch.Generator().manual_seed(s) for s in (1, seed, 3)]
+        return choose_next_tokens(logits, RowSampling([1.0, 1.0, 0.0], [0.5, 1.0, 0.9], generators,
+                                                      logits.device)).tolist()
+
+    assert all(tokens[0] == 0 and tokens[2] == 1 for tokens in map(draw, range(40)))  # top-p 0.5: the top token
+    assert {draw(seed)[1] for seed in range(40)} == {0, 1, 2, 3}  # a flat row with top-p 1 reaches every token
+
+
+def test_a_row_draws_what_the_batch_1_sampler_draws(tiny):
+    from cot_patching.decoding.sampling import choose_next_token
+
+    logits = torch.randn(6, len(tiny.tokenizer), generator=torch.Generator().manual_seed(0)) * 3
+    temperatures, top_p = [1.0, 0.7, 0.0, 0.5, 1.0, 0.9], [0.95, 0.9, 0.95, 0.5, 1.0, 0.95]
+    for step in range(5):
+        batched = choose_next_tokens(logits, RowSampling(
+            temperatures, top_p, [torch.Generator().manual_seed(100 * step + r) for r in range(6)], logits.device))
+        alone = [int(choose_next_token(logits[r], temperatures[r], top_p[r],
+                                       torch.Generator().manual_seed(100 * step + r))) for r in range(6)]
+        assert batched.tolist() == alone
 
 
 def test_layout_is_validated():

@@ -202,28 +202,43 @@ class BatchedDecoder:
         self.next_position = self.width + 1
 
 
-def choose_next_tokens(
-    logits: Float[Tensor, "n vocab"], temperatures: Sequence[float], top_p: Sequence[float],
-    generators: Sequence[torch.Generator | None],
-) -> Int[Tensor, " n"]:
+class RowSampling:
+    """Each row's sampling settings as device tensors, made once per group so that a step copies nothing from the
+    host (a host-to-device copy would make the host wait for the GPU at every step)."""
+
+    def __init__(self, temperatures: Sequence[float], top_p: Sequence[float],
+                 generators: Sequence[torch.Generator | None], device: torch.device) -> None:
+        self.generators = list(generators)
+        self.sampled = [r for r, (t, g) in enumerate(zip(temperatures, generators)) if t != 0 and g is not None]
+        self.sampled_rows = torch.tensor(self.sampled, dtype=torch.long, device=device)
+        self.temperatures = torch.tensor([[t if t != 0 else 1.0] for t in temperatures], dtype=torch.float32,
+                                         device=device)
+        self.top_p = torch.tensor([[p] for p in top_p], dtype=torch.float32, device=device)
+
+
+def choose_next_tokens(logits: Float[Tensor, "n vocab"], rows: RowSampling) -> Int[Tensor, " n"]:
     """Per row: argmax at T=0, else one draw from the row's own generator from the top-p nucleus of softmax(l / T);
-    rows with no generator (idle slots) get token 0."""
-    device = logits.device
+    rows with no generator (idle slots) take the argmax.
+
+    The draw is `torch.multinomial(nucleus, 1, generator)` computed the way PyTorch computes it for one sample
+    (q ~ Exp(1) from the generator over the whole row, then argmax(nucleus / q)), without its two host round trips
+    (validity checks read back to the host), so a row draws exactly what the batch-1 sampler's multinomial draws
+    from the same nucleus.
+    """
     greedy = torch.argmax(logits, dim=-1)
-    sampled_rows = [r for r, (t, g) in enumerate(zip(temperatures, generators)) if t != 0 and g is not None]
-    if not sampled_rows:
+    if not rows.sampled:
         return greedy
-    safe_t = torch.tensor([t if t != 0 else 1.0 for t in temperatures], dtype=torch.float32, device=device)
-    probs = torch.softmax(logits.float() / safe_t[:, None], dim=-1)
+    probs = torch.softmax(logits.float() / rows.temperatures, dim=-1)
     sorted_probs, sorted_ids = torch.sort(probs, dim=-1, descending=True, stable=True)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-    keep = torch.tensor(top_p, dtype=torch.float32, device=device)[:, None]
-    nucleus = torch.where(mass_before < keep, sorted_probs, torch.zeros_like(sorted_probs))
-    choices = torch.cat([torch.multinomial(nucleus[row], num_samples=1, generator=generators[row])
-                         for row in sampled_rows])
-    rows = torch.tensor(sampled_rows, dtype=torch.long, device=device)
+    nucleus = torch.where(mass_before < rows.top_p, sorted_probs, torch.zeros_like(sorted_probs))
+    nucleus = nucleus[rows.sampled_rows]
+    exponential = torch.empty_like(nucleus)
+    for index, row in enumerate(rows.sampled):
+        exponential[index].exponential_(1, generator=rows.generators[row])
+    choices = torch.argmax(nucleus / exponential, dim=-1)
     tokens = greedy.clone()
-    tokens[rows] = sorted_ids[rows, choices]
+    tokens[rows.sampled_rows] = sorted_ids[rows.sampled_rows, choices]
     return tokens
 
 
@@ -245,8 +260,8 @@ def sample_batch(
     for r in live:
         generators[r] = torch.Generator(device=device)
         generators[r].manual_seed(rows[r].seed)  # type: ignore[union-attr]
-    temperatures = [0.0 if row is None else row.config.temperature for row in rows]
-    top_p = [1.0 if row is None else row.config.top_p for row in rows]
+    sampling = RowSampling([0.0 if row is None else row.config.temperature for row in rows],
+                           [1.0 if row is None else row.config.top_p for row in rows], generators, device)
     limits = [0 if row is None else row.config.max_new_tokens for row in rows]
     logits = decoder.prefill([None if row is None else row.prompt_ids for row in rows], width)
     check_every = stop_check_interval or (STOP_CHECK_INTERVAL if device.type == "cuda" else 1)
@@ -256,7 +271,7 @@ def sample_batch(
     results: list[Generation | None] = [None] * decoder.size
     pending = set(live)
     for index in range(max_new):
-        tokens = choose_next_tokens(logits, temperatures, top_p, generators)
+        tokens = choose_next_tokens(logits, sampling)
         new_tokens[index] = tokens
         new_logprobs[index] = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None])[:, 0]
         last = index + 1 == max_new
