@@ -22,6 +22,7 @@ def timed(label: str, fn, repeats: int = 50) -> None:
     print(f"{label:50s} {1000 * (time.perf_counter() - start) / repeats:8.3f} ms", flush=True)
 
 
+@torch.inference_mode()
 def main() -> None:
     model = load_model(sys.argv[1], device="cuda", dtype=sys.argv[2] if len(sys.argv) > 2 else "fp32")
     size = 32
