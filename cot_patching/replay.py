@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from cot_patching.artifacts import RunRecord
-from cot_patching.decoding.batched import BatchLayout, BatchRow, replay_in_slot
+from cot_patching.decoding.batched import BatchLayout, BatchRow, replay_in_slot, sample_batch
 from cot_patching.decoding.sampling import DecodeConfig, Generation, sample
 
 
@@ -59,3 +59,47 @@ def decode_again(model: Any, record: RunRecord, config: DecodeConfig) -> Generat
     decoder = model.batched_decoder(layout.size, layout.cache_len, layout.path)
     return replay_in_slot(decoder, BatchRow(record.prompt_token_ids, config, record.seed), layout,
                           model.stop_token_ids)
+
+
+def replay_attempts(model: Any, records: Sequence[RunRecord], isolated: bool = False
+                    ) -> Iterator[tuple[RunRecord, ReplayResult]]:
+    """Replay records, each with its result, as they finish: batch-1 records one at a time; batched records
+    several to a batch of their recorded shape, each in its own recorded slot (rows never mix, so a slot decodes
+    what it would decode alone), or, with `isolated`, each alone in its slot of an otherwise idle batch."""
+    open_batches: dict[tuple[int, int, int, str], list[dict[int, RunRecord]]] = {}
+    for record in records:
+        if record.batch is None or record.error is not None or isolated:
+            yield record, replay_attempt(model, record)
+            continue
+        layout = BatchLayout.from_json(record.batch)
+        shape = (layout.size, layout.width, layout.cache_len, layout.path)
+        batches = open_batches.setdefault(shape, [])
+        batch = next((b for b in batches if layout.slot not in b), None)
+        if batch is None:
+            batch = {}
+            batches.append(batch)
+        batch[layout.slot] = record
+        if len(batch) == layout.size:
+            batches.remove(batch)
+            yield from _replay_batch(model, shape, batch)
+    for shape, batches in open_batches.items():
+        for batch in batches:
+            yield from _replay_batch(model, shape, batch)
+
+
+def _replay_batch(model: Any, shape: tuple[int, int, int, str], batch: dict[int, RunRecord]
+                  ) -> Iterator[tuple[RunRecord, ReplayResult]]:
+    size, width, cache_len, path = shape
+    rows: list[BatchRow | None] = [None] * size
+    for slot, record in batch.items():
+        config = DecodeConfig(record.temperature, record.top_p, record.max_new_tokens)
+        rows[slot] = BatchRow(record.prompt_token_ids, config, record.seed)
+    decoder = model.batched_decoder(size, cache_len, path)
+    generations = sample_batch(decoder, rows, model.stop_token_ids, width=width)
+    for slot, record in sorted(batch.items()):
+        replayed = generations[slot]
+        assert replayed is not None
+        mismatch = first_mismatch(record.token_ids, replayed.token_ids)
+        yield record, ReplayResult(id=record.id, attempt=record.attempt, match=mismatch is None,
+                                   n_logged=len(record.token_ids), n_replayed=len(replayed.token_ids),
+                                   first_mismatch=mismatch)

@@ -313,3 +313,17 @@ def test_the_largest_batch_that_fits_follows_the_kv_cache(tiny):
     assert per_slot > kv and slot_bytes(hf, 1024, 100) - per_slot == kv + 100 * 512 * 4
     assert largest_batch_size(hf, 512, 100, free_bytes=10 * per_slot) == 9  # a tenth stays free
     assert largest_batch_size(hf, 512, 100, free_bytes=per_slot) == 0
+
+
+def test_packed_and_isolated_replays_agree_and_catch_a_perturbed_row(tiny, tmp_path):
+    from cot_patching.replay import replay_attempts
+
+    mine(PROBLEMS, tiny, settings(batch_size=3, max_tries=2), tmp_path, min_pairs=5, progress=False)
+    runs = [line.record for line in artifacts.read_runs(tmp_path / artifacts.RUNS_FILE)]
+    broken = replace(runs[7], token_ids=[runs[7].token_ids[0] + 1] + runs[7].token_ids[1:])
+    records = runs[:7] + [broken] + runs[8:]
+    for isolated in (False, True):
+        results = {(r.id, r.attempt): result for r, result in replay_attempts(tiny, records, isolated=isolated)}
+        assert len(results) == len(records)
+        assert [key for key, result in results.items() if not result.match] == [(broken.id, broken.attempt)]
+        assert results[(broken.id, broken.attempt)].first_mismatch == 0

@@ -16,6 +16,9 @@ def reproduce_command(
     attempt: Optional[int] = typer.Option(None, help="Attempt index (0-based) to replay."),
     all_pairs: bool = typer.Option(False, "--all-pairs", help="Replay both traces of every pair."),
     all_runs: bool = typer.Option(False, "--all-runs", help="Replay every logged attempt."),
+    isolated: bool = typer.Option(False, "--isolated", help="Replay each batched attempt alone in its slot of an "
+                                  "idle batch (default: several to a batch of their recorded shape, each in its "
+                                  "own slot)."),
     device: Optional[str] = typer.Option(None, help="Device to replay on.  [default: the run's]"),
     dtype: Optional[str] = typer.Option(None, help="dtype to replay in.  [default: the run's]"),
     backend: Optional[str] = typer.Option(None, help="bridge or hooked.  [default: the run's]"),
@@ -26,7 +29,7 @@ def reproduce_command(
     from cot_patching import artifacts
     from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model
     from cot_patching.models import check_loaded_identity, load_model
-    from cot_patching.replay import replay_attempt
+    from cot_patching.replay import replay_attempts
 
     with clear_errors():
         root = Path(outdir)
@@ -76,8 +79,7 @@ def reproduce_command(
             typer.echo(f"warning: the run was decoded on the {mined_path} path, this replay uses "
                        f"{loaded.decode_path}; tokens can differ", err=True)
         failures = 0
-        for record in records:
-            result = replay_attempt(loaded, record)
+        for record, result in replay_attempts(loaded, records, isolated=isolated):
             status = "MATCH" if result.match else f"MISMATCH at token {result.first_mismatch}"
             typer.echo(f"{record.id} attempt {record.attempt} T={record.temperature} seed={record.seed}: "
                        f"{status} ({result.n_replayed}/{result.n_logged} tokens)")
