@@ -109,40 +109,64 @@ def steps_to_cache(pair: LoadedPair, trace: str, steps: str, strict_format: bool
 
 
 @torch.inference_mode()
-def trace_activations(
-    model: Any, record: RunRecord, steps: Sequence[SelectedStep], settings: CacheSettings
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """One forward over prompt + trace tokens; the requested residuals at each selected step's positions."""
-    tokens = list(record.prompt_token_ids) + list(record.token_ids)
+def traces_activations(
+    model: Any, traces: Sequence[tuple[RunRecord, Sequence[SelectedStep]]], settings: CacheSettings
+) -> list[tuple[dict[str, Tensor], dict[str, Any]]]:
+    """One forward over several traces at once, right-padded (causal attention never looks ahead, so padding
+    after a trace cannot reach it); each trace's residuals at its selected steps' positions."""
+    rows = [list(record.prompt_token_ids) + list(record.token_ids) for record, _ in traces]
+    width = max(len(tokens) for tokens in rows)
     names = {hook_name(layer, hook) for layer in settings.layers for hook in settings.hooks}
-    input_ids = torch.tensor([tokens], dtype=torch.long, device=model.device)
+    input_ids = torch.tensor([tokens + [0] * (width - len(tokens)) for tokens in rows], dtype=torch.long,
+                             device=model.device)
     _, cache = model.model.run_with_cache(input_ids, names_filter=lambda name: name in names)
-    offset = len(record.prompt_token_ids)
-    tensors: dict[str, Tensor] = {}
-    meta: dict[str, Any] = {}
-    for step in steps:
-        positions = list(range(offset + step.tok_start, offset + step.tok_end))
-        index = torch.tensor(positions, dtype=torch.long, device=model.device)
-        for name in sorted(names):
-            resid: Float[Tensor, "pos d_model"] = cache[name][0].index_select(0, index)
-            tensors[f"{step.label}/{name}"] = resid.to(settings.torch_dtype).cpu().contiguous()
-        meta[step.label] = {"step_idx": step.step_idx, "positions": positions,
-                            "token_ids": [tokens[p] for p in positions]}
+    out = []
+    for row, ((record, steps), tokens) in enumerate(zip(traces, rows)):
+        offset = len(record.prompt_token_ids)
+        tensors: dict[str, Tensor] = {}
+        meta: dict[str, Any] = {}
+        for step in steps:
+            positions = list(range(offset + step.tok_start, offset + step.tok_end))
+            index = torch.tensor(positions, dtype=torch.long, device=model.device)
+            for name in sorted(names):
+                resid: Float[Tensor, "pos d_model"] = cache[name][row].index_select(0, index)
+                tensors[f"{step.label}/{name}"] = resid.to(settings.torch_dtype).cpu().contiguous()
+            meta[step.label] = {"step_idx": step.step_idx, "positions": positions,
+                                "token_ids": [tokens[p] for p in positions]}
+        out.append((tensors, meta))
     del cache
-    return tensors, meta
+    return out
 
 
-def cache_pair(model: Any, pair: LoadedPair, settings: CacheSettings, out_dir: Path,
-               model_info: dict[str, Any], strict_format: bool = False) -> dict[str, Any]:
-    """Cache both traces of one pair (one in memory at a time) into one safetensors file; its index line."""
+def cache_pairs(model: Any, pairs: Sequence[LoadedPair], settings: CacheSettings, out_dir: Path,
+                model_info: dict[str, Any], strict_format: bool = False, traces_per_forward: int = 1,
+                ) -> Iterator[dict[str, Any]]:
+    """Cache pairs in order, `traces_per_forward` traces to a forward; each pair's index line once its file is
+    written."""
+    if traces_per_forward < 1:
+        raise ValueError(f"traces per forward must be >= 1, got {traces_per_forward}")
+    chunk = max(1, traces_per_forward // len(TRACES))
+    for start in range(0, len(pairs), chunk):
+        group = pairs[start: start + chunk]
+        traces = [(pair.trace(trace), steps_to_cache(pair, trace, settings.steps, strict_format))
+                  for pair in group for trace in TRACES]
+        results: list[tuple[dict[str, Tensor], dict[str, Any]]] = []
+        for first in range(0, len(traces), traces_per_forward):
+            results += traces_activations(model, traces[first: first + traces_per_forward], settings)
+        for number, pair in enumerate(group):
+            yield write_pair(pair, results[number * len(TRACES): (number + 1) * len(TRACES)], settings, out_dir,
+                             model_info)
+
+
+def write_pair(pair: LoadedPair, results: Sequence[tuple[dict[str, Tensor], dict[str, Any]]],
+               settings: CacheSettings, out_dir: Path, model_info: dict[str, Any]) -> dict[str, Any]:
+    """Write one pair's traces' residuals (in TRACES order) atomically into its safetensors file; its index line."""
     tensors: dict[str, Tensor] = {}
     traces: dict[str, Any] = {}
-    for trace in TRACES:
-        record = pair.trace(trace)
-        steps = steps_to_cache(pair, trace, settings.steps, strict_format)
-        trace_tensors, steps_meta = trace_activations(model, record, steps, settings)
+    for trace, (trace_tensors, steps_meta) in zip(TRACES, results):
         tensors.update({f"{trace}/{key}": value for key, value in trace_tensors.items()})
-        traces[trace] = {"attempt": record.attempt, "runs_offset": pair.runs_offset(trace), "steps": steps_meta}
+        traces[trace] = {"attempt": pair.trace(trace).attempt, "runs_offset": pair.runs_offset(trace),
+                         "steps": steps_meta}
     path = out_dir / artifacts.cache_file_name(pair.id)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))  # no metadata: its key order is not stable, and the index holds it
@@ -197,7 +221,7 @@ class CacheReport:
 def cache_activations(
     model: Any, results_dir: str | Path, out_dir: str | Path, settings: CacheSettings,
     model_info: dict[str, Any], strict_format: bool = False, overwrite: bool = False,
-    verify_hashes: bool = False, progress: bool = True,
+    verify_hashes: bool = False, progress: bool = True, traces_per_forward: int = 1,
 ) -> CacheReport:
     """Cache every pair not yet cached; verify the ones that are; rewrite stale index lines."""
     pairs = artifacts.load_pairs(results_dir)
@@ -232,8 +256,7 @@ def cache_activations(
     bar = artifacts.progress_bar(len(pairs), "pairs", "pair", progress, initial=len(pairs) - len(todo))
     cached = 0
     with open(out_dir / INDEX_FILE, "a", encoding="utf-8") as index:
-        for pair in todo:
-            entry = cache_pair(model, pair, settings, out_dir, model_info, strict_format)
+        for entry in cache_pairs(model, todo, settings, out_dir, model_info, strict_format, traces_per_forward):
             index.write(json.dumps(entry) + "\n")
             index.flush()
             os.fsync(index.fileno())

@@ -190,3 +190,27 @@ def test_cache_files_follow_the_umask(tiny, results, tmp_path):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "cache").iterdir()}
     assert set(modes.values()) == {0o644}, modes
+
+
+@pytest.mark.parametrize("per_forward", [3, 4])
+def test_several_traces_per_forward_equal_one_per_forward(tiny, results, tmp_path, per_forward):
+    one, batched = tmp_path / "one", tmp_path / "batched"
+    cache_activations(tiny, results, one, _settings(), tiny.info.to_json(), progress=False)
+    cache_activations(tiny, results, batched, _settings(), tiny.info.to_json(), progress=False,
+                      traces_per_forward=per_forward)
+    alone, together = load_activations(one), load_activations(batched)
+    assert list(alone) == list(together)
+    for key in alone:
+        a, b = alone[key], together[key]
+        assert alone.entry(key).positions == together.entry(key).positions
+        assert torch.allclose(b, a, rtol=1e-5, atol=1e-6), key  # the stated tolerance: fp32, 1e-5 relative
+    # Negative control: a trace shifted by one position is far outside that tolerance.
+    key = next(iter(alone))
+    shifted = torch.roll(alone[key], 1, dims=0)
+    assert not torch.allclose(shifted, together[key], rtol=1e-5, atol=1e-6)
+
+
+def test_traces_per_forward_is_validated(tiny, results, tmp_path):
+    with pytest.raises(ValueError, match="traces per forward must be >= 1"):
+        cache_activations(tiny, results, tmp_path, _settings(), tiny.info.to_json(), progress=False,
+                          traces_per_forward=0)
