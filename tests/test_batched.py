@@ -121,7 +121,7 @@ def test_batched_mining_records_layouts_validates_and_replays_exactly(tiny, tmp_
     layouts = [BatchLayout.from_json(r.batch) for r in runs]
     assert [(r.id, r.attempt) for r in runs[:3]] == [("b0", 0), ("b1", 0), ("b2", 0)]  # the first group
     assert [(lay.group, lay.slot, lay.rows) for lay in layouts[:4]] == [(0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3)]
-    assert all(lay.path == "eager" and lay.size == 3 for lay in layouts)
+    assert all(lay.path == "plain_eager" and lay.size == 3 for lay in layouts)
     assert validate_outdir(tmp_path) == []
     replays = [replay_attempt(tiny, r) for r in runs]
     assert all(result.match for result in replays)
@@ -236,8 +236,9 @@ def test_records_without_a_layout_keep_their_old_bytes(tiny, tmp_path):
 
 
 def test_paths_of_the_decoders(tiny):
-    assert tiny.batched_decoder(2, 256).path == "eager"
-    assert tiny.batched_decoder(2, 256) is tiny.batched_decoder(2, 256, "eager")
+    assert tiny.batched_decoder(2, 256).path == "plain_eager"
+    assert tiny.batched_decoder(2, 256) is tiny.batched_decoder(2, 256, "plain_eager")
+    assert tiny.batched_decoder(2, 256, "eager").path == "eager"
     from cot_patching.backends import BackendError
 
     with pytest.raises(BackendError, match="needs a CUDA device"):
@@ -285,7 +286,8 @@ def test_the_cli_mines_in_batches_and_reproduce_replays_them(tmp_path, tiny_dir)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("path", ["eager", "cuda_graph", "cuda_graph_compiled"])
+@pytest.mark.parametrize("path", ["eager", "cuda_graph", "cuda_graph_compiled", "plain_cuda_graph",
+                                  "plain_cuda_graph_compiled"])
 def test_on_the_gpu_a_slot_is_independent_of_the_others_and_of_capture(path):
     from test_cuda_graphs import tiny_qwen2, wrapped
 
@@ -327,3 +329,28 @@ def test_packed_and_isolated_replays_agree_and_catch_a_perturbed_row(tiny, tmp_p
         assert len(results) == len(records)
         assert [key for key, result in results.items() if not result.match] == [(broken.id, broken.attempt)]
         assert results[(broken.id, broken.attempt)].first_mismatch == 0
+
+
+def test_the_plain_twin_shares_the_bridge_tensors_and_its_logits(tiny):
+    from cot_patching.decoding.plain import plain_twin
+
+    bridged = tiny.model.original_model
+    twin = plain_twin(bridged)
+    assert "transformer_lens" not in type(twin.model.layers[0].self_attn).__module__
+    shared = {t.data_ptr() for t in bridged.parameters()}
+    assert all(t.data_ptr() in shared for t in twin.parameters())  # no copy of any weight
+    ids = torch.tensor([list(range(100, 160))])
+    with torch.inference_mode():
+        assert torch.allclose(twin(ids).logits, bridged(ids).logits, atol=1e-5)
+    assert tiny.plain_model() is tiny.plain_model()
+
+
+def test_bridge_and_plain_paths_each_replay_their_own_records(tiny):
+    rows = [BatchRow(p, SAMPLED, 900 + i) for i, p in enumerate(PROMPTS)] + [None]
+    cache_len = cache_len_for(WIDTH, SAMPLED.max_new_tokens)
+    for path in ("eager", "plain_eager"):
+        dec = tiny.batched_decoder(4, cache_len, path)
+        first = sample_batch(dec, rows, frozenset(), width=WIDTH)
+        again = sample_batch(tiny.batched_decoder(4, cache_len, path), [None, None, rows[2], None], frozenset(),
+                             width=WIDTH)
+        assert again[2].token_ids == first[2].token_ids and again[2].token_logprobs == first[2].token_logprobs

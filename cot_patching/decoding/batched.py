@@ -26,7 +26,10 @@ from torch import Tensor
 from cot_patching.decoding.sampling import CACHE_BUCKET, STOP_CHECK_INTERVAL, DecodeConfig, Generation
 
 BATCH_SAMPLER = "rows-v1"
-BATCH_PATHS = ("eager", "cuda_graph", "cuda_graph_compiled")
+# How the step runs (eager, a captured CUDA graph, of the torch.compile'd model) and on which modules: the bridge's
+# own (no prefix) or Hugging Face's plain modules over the same tensors ("plain_", `decoding.plain`).
+BATCH_PATHS = ("eager", "cuda_graph", "cuda_graph_compiled", "plain_eager", "plain_cuda_graph",
+               "plain_cuda_graph_compiled")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class BatchLayout:
     slot: int  # this attempt's row
     width: int  # W, the left-padded prompt width of its group
     cache_len: int  # static KV cache positions per slot
-    path: str  # "eager", "cuda_graph" or "cuda_graph_compiled"
+    path: str  # one of BATCH_PATHS
     group: int  # the group's sequence number in its run
     rows: int  # attempts decoded in the group (the other slots idle)
     sampler: str = BATCH_SAMPLER
@@ -111,10 +114,11 @@ class BatchedDecoder:
     """
 
     def __init__(self, hf_model: Any, size: int, cache_len: int, graphed: bool = False,
-                 compile_step: bool = False) -> None:
+                 compile_step: bool = False, plain: bool = False) -> None:
         from transformers import StaticCache
 
         self.hf_model, self.size, self.cache_len, self.graphed = hf_model, size, cache_len, graphed
+        self.plain = plain  # `hf_model` is the plain twin of a bridged model (recorded in the path)
         self.step_model = torch.compile(hf_model, dynamic=False) if graphed and compile_step else hf_model
         parameter = next(hf_model.parameters())
         device, dtype = parameter.device, parameter.dtype
@@ -133,9 +137,9 @@ class BatchedDecoder:
     @property
     def path(self) -> str:
         """The decode path recorded for attempts decoded here."""
-        if not self.graphed:
-            return "eager"
-        return "cuda_graph_compiled" if self.step_model is not self.hf_model else "cuda_graph"
+        step = "eager" if not self.graphed else (
+            "cuda_graph_compiled" if self.step_model is not self.hf_model else "cuda_graph")
+        return ("plain_" if self.plain else "") + step
 
     def _forward(self, input_ids: Int[Tensor, "n q"], cache_position: Int[Tensor, " q"]) -> Float[Tensor, "n vocab"]:
         keys = self.key_positions[None, None, :]
