@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks, one module each: `python -m bench.NAME` from the repository root."""

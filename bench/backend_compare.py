@@ -21,16 +21,14 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_speed import time_call  # noqa: E402
+from bench.common import time_call
 
-from cot_patching import backends  # noqa: E402
-from cot_patching.models import EMBEDDED, LoadedModel, load_model  # noqa: E402
-from cot_patching.prompt import build_prompt, encode_prompt  # noqa: E402
-from cot_patching.replay import first_mismatch  # noqa: E402
-from cot_patching.decoding.sampling import DecodeConfig, attempt_seed, sample  # noqa: E402
+from cot_patching import backends
+from cot_patching.models import EMBEDDED, LoadedModel, load_model
+from cot_patching.prompt import build_prompt, encode_prompt
+from cot_patching.replay import first_mismatch
+from cot_patching.decoding.sampling import DecodeConfig, attempt_seed, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bench.decode_speed import random_llama31_8b, random_llama31_8b_hf, synchronize
+from bench.common import random_llama31_8b, random_llama31_8b_hf, synchronize
 from cot_patching import artifacts
 from cot_patching.miner import MineSettings, mine
 from cot_patching.models import EMBEDDED, LoadedModel, load_hf_model, load_model, resolve_model

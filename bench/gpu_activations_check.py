@@ -9,18 +9,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from decode_speed import llama31_8b_config, llama3_tokenizer  # noqa: E402
-from helpers import mine_scripted_pairs  # noqa: E402
-from transformers import LlamaForCausalLM  # noqa: E402
+from bench.common import llama31_8b_config, llama3_tokenizer
+from helpers import mine_scripted_pairs
+from transformers import LlamaForCausalLM
 
-from cot_patching.activations import CacheSettings, cache_activations, hook_name, load_activations  # noqa: E402
-from cot_patching.artifacts import load_pairs  # noqa: E402
-from cot_patching.models import from_hf_model  # noqa: E402
-from cot_patching.experiments.patching import ResidualPatch, run_with_patches  # noqa: E402
+from cot_patching.activations import CacheSettings, cache_activations, hook_name, load_activations
+from cot_patching.artifacts import load_pairs
+from cot_patching.models import from_hf_model
+from cot_patching.experiments.patching import ResidualPatch, run_with_patches
 
 config = llama31_8b_config()
 config.num_hidden_layers = 4

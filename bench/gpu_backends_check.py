@@ -16,14 +16,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_speed import llama3_tokenizer, llama31_8b_config, time_call  # noqa: E402
+from bench.common import llama3_tokenizer, llama31_8b_config, time_call
 
-from cot_patching import backends  # noqa: E402
-from cot_patching.models import LoadedModel, from_hf_model  # noqa: E402
-from cot_patching.decoding.sampling import DecodeConfig, sample  # noqa: E402
+from cot_patching import backends
+from cot_patching.models import LoadedModel, from_hf_model
+from cot_patching.decoding.sampling import DecodeConfig, sample
 
 
 def tokens_per_second(model: LoadedModel, prompt: list[int], new_tokens: int, repeats: int) -> list[float]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cot_patching.decoding.sampling as sampling  # noqa: E402
-from cot_patching.models import LoadedModel, ModelInfo  # noqa: E402
-from cot_patching.replay import first_mismatch  # noqa: E402
-from cot_patching.decoding.sampling import DecodeConfig, sample  # noqa: E402
+import cot_patching.decoding.sampling as sampling
+from cot_patching.models import LoadedModel, ModelInfo
+from cot_patching.replay import first_mismatch
+from cot_patching.decoding.sampling import DecodeConfig, sample
 
 
 def random_qwen05b(compile_step: bool, cuda_graphs: bool = True) -> LoadedModel:

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_speed import random_llama31_8b  # noqa: E402
+from bench.common import random_llama31_8b
 
-from cot_patching.decoding.sampling import DecodeConfig, sample  # noqa: E402
+from cot_patching.decoding.sampling import DecodeConfig, sample
 
 graphed = random_llama31_8b(Path(sys.argv[1]))
 eager = dataclasses.replace(graphed, cuda_graphs=False, _graphed={})

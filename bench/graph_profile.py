@@ -8,13 +8,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_speed import llama31_8b_config, random_llama31_8b  # noqa: E402
+from bench.common import llama31_8b_config, random_llama31_8b
 
-from cot_patching.decoding.cuda_graphs import GraphedDecoder  # noqa: E402
-from cot_patching.decoding.sampling import choose_next_token  # noqa: E402
+from cot_patching.decoding.cuda_graphs import GraphedDecoder
+from cot_patching.decoding.sampling import choose_next_token
 
 
 def replay_ms(decoder: GraphedDecoder, n: int = 50) -> float:
@@ -43,7 +41,7 @@ torch.cuda.synchronize()
 print(f"sampling (softmax, sort, cumsum, multinomial) over 128k: {1000 * (time.perf_counter() - start) / 50:.2f} ms")
 del bridged
 torch.cuda.empty_cache()
-from transformers import LlamaForCausalLM  # noqa: E402
+from transformers import LlamaForCausalLM
 
 for attn in ("eager", "sdpa"):
     config = llama31_8b_config()

@@ -9,18 +9,15 @@ at each size, then `per-attempt overhead ratio (LARGE/SMALL): X` (1.0 = flat; O(
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cot_patching.miner import MineSettings, mine  # noqa: E402
-from cot_patching.problems import Problem  # noqa: E402
-from cot_patching.decoding.sampling import Generation, attempt_seed  # noqa: E402
+from cot_patching.miner import MineSettings, mine
+from cot_patching.problems import Problem
+from cot_patching.decoding.sampling import Generation, attempt_seed
 
 TRACES = [
     "I think the answer is probably seven or so.",

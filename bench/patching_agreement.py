@@ -2,7 +2,7 @@
 the measured effect (patched - metric(R)) on the same cells, per pair, alignment, direction and overall; and the
 study's time per (pair, direction) from its progress log.
 
-    python bench/patching_agreement.py results/gsm8k-sample-qwen2.5-coder-0.5b/patching
+    python -m bench.patching_agreement results/gsm8k-sample-qwen2.5-coder-0.5b/patching
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cot_patching.experiments.attribution import spearman  # noqa: E402
-from cot_patching.experiments.tables import read_table  # noqa: E402
+from cot_patching.experiments.attribution import spearman
+from cot_patching.experiments.tables import read_table
 
 
 def main() -> None:

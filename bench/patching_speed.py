@@ -1,29 +1,26 @@
 """Time a full patching sweep (every layer, step + final_answer alignments, both directions, attribution) on one
 synthetic pair: two written traces of about 250 tokens each, spans from the project's own parser.
 
-    python bench/patching_speed.py --setting cpu                       # embedded SmolLM2-135M, fp32
-    python bench/patching_speed.py --setting cuda --llama3-tokenizer PATH/tokenizer.model   # random Llama-3.1-8B, bf16
+    python -m bench.patching_speed --setting cpu                       # embedded SmolLM2-135M, fp32
+    python -m bench.patching_speed --setting cuda --llama3-tokenizer PATH/tokenizer.model   # random Llama-3.1-8B, bf16
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cot_patching.artifacts import LoadedPair, PairRecord, RunRecord  # noqa: E402
-from cot_patching.experiments.attribution import recipient_gradients  # noqa: E402
-from cot_patching.experiments.sweep import SweepSettings, pair_traces, sweep_direction, trace_metric  # noqa: E402
-from cot_patching.activations import hook_name  # noqa: E402
-from cot_patching.prompt import build_prompt, encode_prompt  # noqa: E402
-from cot_patching.traces import analyze_trace  # noqa: E402
+from cot_patching.artifacts import LoadedPair, PairRecord, RunRecord
+from cot_patching.experiments.attribution import recipient_gradients
+from cot_patching.experiments.sweep import SweepSettings, pair_traces, sweep_direction, trace_metric
+from cot_patching.activations import hook_name
+from cot_patching.prompt import build_prompt, encode_prompt
+from cot_patching.traces import analyze_trace
 
 QUESTION = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "
             "her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh "
@@ -100,7 +97,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8", help="cells per forward to time, comma-separated")
     args = parser.parse_args()
     if args.setting == "cuda":
-        from decode_speed import random_llama31_8b
+        from bench.common import random_llama31_8b
 
         model = random_llama31_8b(args.llama3_tokenizer)
     else:
