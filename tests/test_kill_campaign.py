@@ -83,3 +83,67 @@ def test_kill_9_campaign_on_a_run_with_pairs(smollm2_tokenizer, tmp_path):
         assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
     sessions = json.loads((killed / artifacts.MANIFEST_FILE).read_text())["sessions"]
     assert 1 <= len(sessions) <= kills + 1  # a kill before the lock is taken records no session
+
+
+BATCHED_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from transformers import AutoTokenizer
+from test_kill_campaign import PROBLEMS, BATCHED, scripted_group_model
+from cot_patching.miner import mine
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[3])
+model = scripted_group_model(tokenizer, delay=0.15)
+print("ready", flush=True)
+mine(PROBLEMS, model, BATCHED, sys.argv[2], min_pairs=4, progress=False)
+"""
+BATCHED = MineSettings(model="scripted", problems_sha256="k" * 64, batch_size=3)
+
+
+def scripted_group_model(tokenizer, delay=0.0):
+    """A model whose batched decoder returns the scripted texts (`delay` seconds a group), for `mine --batch-size`."""
+    import time
+    from types import SimpleNamespace
+
+    from cot_patching import miner
+
+    inner = ScriptedSampler(tokenizer, SCRIPTS)
+
+    def sample_batch(decoder, rows, stop_token_ids, width=None, stop_check_interval=None):
+        time.sleep(delay)
+        return [None if row is None else inner(None, row.prompt_ids, row.config, row.seed) for row in rows]
+
+    miner.sample_batch = sample_batch
+    return SimpleNamespace(tokenizer=tokenizer, info=None, stop_token_ids=frozenset(),
+                           batched_decoder=lambda size, cache_len: SimpleNamespace(path="plain_eager"))
+
+
+def test_kill_9_campaign_on_a_batched_run(smollm2_tokenizer, tmp_path, monkeypatch):
+    from cot_patching import miner
+
+    monkeypatch.setattr(miner, "sample_batch", miner.sample_batch)  # restored after the in-process reference run
+    reference = tmp_path / "clean"
+    result = mine(PROBLEMS, scripted_group_model(smollm2_tokenizer), BATCHED, reference, min_pairs=4,
+                  progress=False)
+    assert result.summary["pairs_found"] >= 4
+    killed, tokenizer_dir = tmp_path / "killed", tmp_path / "tokenizer"
+    smollm2_tokenizer.save_pretrained(tokenizer_dir)
+    rng = random.Random(20261124)
+    kills = 0
+    for _ in range(30):
+        child = subprocess.Popen([sys.executable, "-c", BATCHED_CHILD, str(TESTS), str(killed), str(tokenizer_dir)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        try:
+            child.wait(timeout=rng.uniform(0.1, 0.6))
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            kills += 1
+            continue
+        assert child.returncode == 0, child.stderr.read()
+        break
+    else:
+        raise AssertionError("the killed run never finished")
+    assert kills >= 2, f"only {kills} kills landed"
+    for name in DERIVED:
+        assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
