@@ -306,7 +306,8 @@ def unfinished_group(runs: Sequence[RunLine]) -> list[RunLine]:
     if not runs or runs[-1].record.batch is None:
         return []
     last = BatchLayout.from_json(runs[-1].record.batch)
-    lines = [line for line in runs if line.record.batch is not None and line.record.batch.get("group") == last.group]
+    lines = [line for line in runs if line.record.batch is not None
+             and BatchLayout.from_json(line.record.batch).group_key == last.group_key]
     return lines if len(lines) < last.rows else []
 
 
@@ -368,7 +369,7 @@ def _mine_in_groups(
         for slot, ((problem, attempt), generation) in enumerate(zip(group, generations)):
             assert generation is not None
             layout = BatchLayout(size=size, slot=slot, width=width, cache_len=cache_len, path=decoder.path,
-                                 group=group_number, rows=len(group))
+                                 group=group_number, rows=len(group), shard=settings.shard)
             held = held_lines.pop(problem.id, None)
             if held is not None:
                 if held.record.token_ids != generation.token_ids or held.record.batch != layout.to_json():

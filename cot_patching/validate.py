@@ -181,7 +181,7 @@ def _check_batches(runs: list[RunLine], settings: dict[str, Any]) -> list[Violat
     slots, each prompt within the group's width and the cache holding every new token."""
     out: list[Violation] = []
     size = settings.get("batch_size", 1) if settings else None
-    groups: dict[int, list[tuple[int, BatchLayout]]] = {}
+    groups: dict[tuple[str | None, int], list[tuple[int, BatchLayout]]] = {}
     for number, line in enumerate(runs, start=1):
         record = line.record
         where = f"{record.id} attempt {record.attempt}"
@@ -202,16 +202,17 @@ def _check_batches(runs: list[RunLine], settings: dict[str, Any]) -> list[Violat
             out.append(Violation(artifacts.RUNS_FILE, number, f"{where}: its prompt of {len(record.prompt_token_ids)}"
                                  f" tokens and {record.max_new_tokens} new tokens do not fit width {layout.width}, "
                                  f"cache {layout.cache_len}"))
-        groups.setdefault(layout.group, []).append((number, layout))
-    for group, members in groups.items():
+        groups.setdefault(layout.group_key, []).append((number, layout))
+    for (shard, group), members in groups.items():
         first_line, first = members[0]
+        group_name = f"batch group {group}" + (f" of shard {shard}" if shard else "")
         shape = (first.size, first.width, first.cache_len, first.path, first.rows)
         if any((m.size, m.width, m.cache_len, m.path, m.rows) != shape for _, m in members):
-            out.append(Violation(artifacts.RUNS_FILE, first_line, f"batch group {group}: attempts disagree on its "
+            out.append(Violation(artifacts.RUNS_FILE, first_line, f"{group_name}: attempts disagree on its "
                                                                   "size, width, cache, path or rows"))
         slots = [m.slot for _, m in members]
         if len(set(slots)) != len(slots) or len(members) > first.rows:
-            out.append(Violation(artifacts.RUNS_FILE, first_line, f"batch group {group}: slots {slots} are not "
+            out.append(Violation(artifacts.RUNS_FILE, first_line, f"{group_name}: slots {slots} are not "
                                                                   f"distinct or exceed its {first.rows} rows"))
     return out
 

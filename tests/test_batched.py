@@ -110,7 +110,7 @@ PROBLEMS = [Problem(f"b{i}", f"What is 2 + 3? ({i})", "5", "test") for i in rang
 
 
 def settings(**overrides):
-    return MineSettings(model="tiny", problems_sha256="x", **{"max_new_tokens": 16, **overrides})
+    return MineSettings(**{"model": "tiny", "problems_sha256": "x", "max_new_tokens": 16, **overrides})
 
 
 def test_batched_mining_records_layouts_validates_and_replays_exactly(tiny, tmp_path):
@@ -354,3 +354,29 @@ def test_bridge_and_plain_paths_each_replay_their_own_records(tiny):
         again = sample_batch(tiny.batched_decoder(4, cache_len, path), [None, None, rows[2], None], frozenset(),
                              width=WIDTH)
         assert again[2].token_ids == first[2].token_ids and again[2].token_logprobs == first[2].token_logprobs
+
+
+def test_batched_shards_merge_validate_and_replay(tiny, tmp_path):
+    from cot_patching.merge import merge_shards
+    from cot_patching.miner import problems_sha256
+    from cot_patching.replay import replay_attempts
+    from cot_patching.sharding import Shard, shard_problems
+
+    problems = [Problem(f"m{i}", f"What is 2 + {i}?", str(2 + i), "test") for i in range(6)]
+    path = tmp_path / "problems.json"
+    path.write_text(json.dumps([{"id": p.id, "question": p.question, "gold_answer": p.gold_answer}
+                                for p in problems]))
+    shards = []
+    for k in range(2):
+        shard = tmp_path / f"shard-{k}"
+        mine(shard_problems(problems, Shard(k, 2)), tiny,
+             settings(problems_sha256=problems_sha256(path), max_tries=2, max_new_tokens=8, batch_size=2,
+                      shard=f"{k}/2"),
+             shard, min_pairs=5, progress=False, manifest={"model": tiny.info.to_json(), "argv": ["mine"],
+                                                          "environment": artifacts.environment_facts()})
+        shards.append(str(shard))
+    merge_shards(tmp_path / "merged", shards, problems_path=path, argv=["merge"])
+    assert validate_outdir(tmp_path / "merged") == []  # groups are told apart by their shard
+    runs = [line.record for line in artifacts.read_runs(tmp_path / "merged" / artifacts.RUNS_FILE)]
+    assert {r.batch["shard"] for r in runs} == {"0/2", "1/2"}
+    assert all(result.match for _, result in replay_attempts(tiny, runs))

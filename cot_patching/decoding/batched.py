@@ -44,6 +44,7 @@ class BatchLayout:
     group: int  # the group's sequence number in its run
     rows: int  # attempts decoded in the group (the other slots idle)
     sampler: str = BATCH_SAMPLER
+    shard: str | None = None  # "K/N" when a shard mined it: groups are numbered per shard, and a merge keeps them
 
     def __post_init__(self) -> None:
         for name in ("size", "width", "cache_len", "rows"):
@@ -60,10 +61,20 @@ class BatchLayout:
             raise ValueError(f"batch sampler {self.sampler!r} is not one this version replays ({BATCH_SAMPLER})")
         if isinstance(self.group, bool) or not isinstance(self.group, int) or self.group < 0:
             raise ValueError(f"batch group must be an integer >= 0, got {self.group!r}")
+        if self.shard is not None and not isinstance(self.shard, str):
+            raise ValueError(f"batch shard must be 'K/N' or absent, got {self.shard!r}")
+
+    @property
+    def group_key(self) -> tuple[str | None, int]:
+        """What identifies the group in a run directory, merged ones included: (shard, group)."""
+        return self.shard, self.group
 
     def to_json(self) -> dict[str, Any]:
-        """The layout as stored in a runs.jsonl record's `batch` field."""
-        return asdict(self)
+        """The layout as stored in a runs.jsonl record's `batch` field (`shard` only where there is one)."""
+        data = asdict(self)
+        if data["shard"] is None:
+            del data["shard"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BatchLayout:
