@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from cot_patching.artifacts import RunRecord
-from cot_patching.decoding.batched import BatchLayout, BatchRow, replay_in_slot, sample_batch
+from cot_patching.decoding.batched import BatchLayout, BatchRow, sample_batch
 from cot_patching.decoding.sampling import DecodeConfig, Generation, sample
 
 
@@ -56,9 +56,18 @@ def decode_again(model: Any, record: RunRecord, config: DecodeConfig) -> Generat
     if record.batch is None:
         return sample(model, record.prompt_token_ids, config, record.seed)
     layout = BatchLayout.from_json(record.batch)
+    return decode_in_slots(model, layout, {layout.slot: record})[layout.slot]
+
+
+def decode_in_slots(model: Any, layout: BatchLayout, records: dict[int, RunRecord]) -> dict[int, Generation]:
+    """Decode records together, each in its slot (key) of one batch of `layout`'s shape, the other slots idle."""
+    rows: list[BatchRow | None] = [None] * layout.size
+    for slot, record in records.items():
+        rows[slot] = BatchRow(record.prompt_token_ids,
+                              DecodeConfig(record.temperature, record.top_p, record.max_new_tokens), record.seed)
     decoder = model.batched_decoder(layout.size, layout.cache_len, layout.path)
-    return replay_in_slot(decoder, BatchRow(record.prompt_token_ids, config, record.seed), layout,
-                          model.stop_token_ids)
+    generations = sample_batch(decoder, rows, model.stop_token_ids, width=layout.width)
+    return {slot: generation for slot, generation in enumerate(generations) if generation is not None}
 
 
 def replay_attempts(model: Any, records: Sequence[RunRecord], isolated: bool = False
@@ -66,40 +75,31 @@ def replay_attempts(model: Any, records: Sequence[RunRecord], isolated: bool = F
     """Replay records, each with its result, as they finish: batch-1 records one at a time; batched records
     several to a batch of their recorded shape, each in its own recorded slot (rows never mix, so a slot decodes
     what it would decode alone), or, with `isolated`, each alone in its slot of an otherwise idle batch."""
-    open_batches: dict[tuple[int, int, int, str], list[dict[int, RunRecord]]] = {}
+    open_batches: dict[tuple[int, int, int, str], list[tuple[BatchLayout, dict[int, RunRecord]]]] = {}
     for record in records:
         if record.batch is None or record.error is not None or isolated:
             yield record, replay_attempt(model, record)
             continue
         layout = BatchLayout.from_json(record.batch)
-        shape = (layout.size, layout.width, layout.cache_len, layout.path)
-        batches = open_batches.setdefault(shape, [])
-        batch = next((b for b in batches if layout.slot not in b), None)
+        batches = open_batches.setdefault((layout.size, layout.width, layout.cache_len, layout.path), [])
+        batch = next((b for _, b in batches if layout.slot not in b), None)
         if batch is None:
             batch = {}
-            batches.append(batch)
+            batches.append((layout, batch))
         batch[layout.slot] = record
         if len(batch) == layout.size:
-            batches.remove(batch)
-            yield from _replay_batch(model, shape, batch)
-    for shape, batches in open_batches.items():
-        for batch in batches:
-            yield from _replay_batch(model, shape, batch)
+            batches.remove(next(entry for entry in batches if entry[1] is batch))
+            yield from _compared(layout, batch, decode_in_slots(model, layout, batch))
+    for batches in open_batches.values():
+        for layout, batch in batches:
+            yield from _compared(layout, batch, decode_in_slots(model, layout, batch))
 
 
-def _replay_batch(model: Any, shape: tuple[int, int, int, str], batch: dict[int, RunRecord]
-                  ) -> Iterator[tuple[RunRecord, ReplayResult]]:
-    size, width, cache_len, path = shape
-    rows: list[BatchRow | None] = [None] * size
-    for slot, record in batch.items():
-        config = DecodeConfig(record.temperature, record.top_p, record.max_new_tokens)
-        rows[slot] = BatchRow(record.prompt_token_ids, config, record.seed)
-    decoder = model.batched_decoder(size, cache_len, path)
-    generations = sample_batch(decoder, rows, model.stop_token_ids, width=width)
+def _compared(layout: BatchLayout, batch: dict[int, RunRecord], generations: dict[int, Generation]
+              ) -> Iterator[tuple[RunRecord, ReplayResult]]:
     for slot, record in sorted(batch.items()):
-        replayed = generations[slot]
-        assert replayed is not None
-        mismatch = first_mismatch(record.token_ids, replayed.token_ids)
+        replayed = generations[slot].token_ids
+        mismatch = first_mismatch(record.token_ids, replayed)
         yield record, ReplayResult(id=record.id, attempt=record.attempt, match=mismatch is None,
-                                   n_logged=len(record.token_ids), n_replayed=len(replayed.token_ids),
+                                   n_logged=len(record.token_ids), n_replayed=len(replayed),
                                    first_mismatch=mismatch)

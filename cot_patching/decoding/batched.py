@@ -5,7 +5,7 @@ the group's width W, so every slot writes the same cache position at every step 
 the first step to the last. Nothing in a forward mixes rows (matmuls, norms and attention are computed row by row at
 a shape that depends only on N, W and the cache length), and each attempt draws from its own generator, so an
 attempt's tokens depend only on its own prompt, seed, slot, W, N and the cache length, never on what the other
-slots hold. That is what a record keeps (`BatchLayout`); `replay_in_slot` decodes the attempt again in the same slot
+slots hold. That is what a record keeps (`BatchLayout`); `replay.decode_in_slots` decodes it again in the same slot
 of an otherwise idle batch of the same shape.
 
 Sampling is SPEC §4 for every row (logits / T, the top-p nucleus keeping the top token, one draw from the attempt's
@@ -307,16 +307,3 @@ def sample_batch(
         if not last:
             logits = decoder.step(tokens)
     return results
-
-
-def replay_in_slot(decoder: BatchedDecoder, row: BatchRow, layout: BatchLayout,
-                   stop_token_ids: frozenset[int]) -> Generation:
-    """Decode one recorded attempt again in its slot of an otherwise idle batch of its recorded shape."""
-    if (decoder.size, decoder.cache_len, decoder.path) != (layout.size, layout.cache_len, layout.path):
-        raise ValueError(f"the attempt was decoded in a batch of {layout.size} slots, cache {layout.cache_len}, "
-                         f"path {layout.path}; this decoder has {decoder.size}, {decoder.cache_len}, {decoder.path}")
-    rows: list[BatchRow | None] = [None] * layout.size
-    rows[layout.slot] = row
-    generation = sample_batch(decoder, rows, stop_token_ids, width=layout.width)[layout.slot]
-    assert generation is not None
-    return generation
