@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from cot_patching.decoding.cuda_graphs import capture_graph
 from cot_patching.decoding.sampling import CACHE_BUCKET, STOP_CHECK_INTERVAL, DecodeConfig, Generation
 
 BATCH_SAMPLER = "rows-v1"
@@ -201,16 +202,7 @@ class BatchedDecoder:
     def _capture(self) -> None:
         if self.next_position != self.width + 1:
             raise RuntimeError("the decode graph must be captured at the first step after a prefill")
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up rewrites the same cache position with the same values
-                self._forward(self.input_ids, self.position)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self._forward(self.input_ids, self.position)
-        self.graph = graph
+        self.graph, self.logits = capture_graph(lambda: self._forward(self.input_ids, self.position))
         # The warm-up and capture forwards ran the cache's bookkeeping; rebuild the group's state from its prompts
         # so that the first group of a process starts its first step exactly like every later group.
         self.prefill(self.prompts, self.width)

@@ -7,7 +7,7 @@ so every attempt on the same machine runs exactly the same kernels: replay stays
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float
@@ -76,13 +76,21 @@ class GraphedDecoder:
         return self.logits[0, -1]
 
     def _capture(self) -> None:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up rewrites the same cache slot with the same values
-                self._forward(self.input_ids, self.position)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self._forward(self.input_ids, self.position)
-        self.graph = graph
+        self.graph, self.logits = capture_graph(lambda: self._forward(self.input_ids, self.position))
+
+
+def capture_graph(forward: Callable[[], Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+    """Warm `forward` up twice on a side stream, then capture one call of it: the graph and its output buffer.
+
+    The warm-ups rewrite the same cache positions with the same values; callers rebuild their cache state after.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            forward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = forward()
+    return graph, output
