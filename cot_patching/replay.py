@@ -42,13 +42,14 @@ def replay_attempt(model: Any, record: RunRecord) -> ReplayResult:
                                 first_mismatch=None if same else 0)
         return ReplayResult(id=record.id, attempt=record.attempt, match=False, n_logged=0, n_replayed=0,
                             first_mismatch=0)
-    generation = decode_again(model, record, config)
-    logged, replayed = record.token_ids, generation.token_ids
-    mismatch = first_mismatch(logged, replayed)
-    return ReplayResult(
-        id=record.id, attempt=record.attempt, match=mismatch is None,
-        n_logged=len(logged), n_replayed=len(replayed), first_mismatch=mismatch,
-    )
+    return compared(record, decode_again(model, record, config).token_ids)
+
+
+def compared(record: RunRecord, replayed: Sequence[int]) -> ReplayResult:
+    """How replayed token ids compare with the record's."""
+    mismatch = first_mismatch(record.token_ids, replayed)
+    return ReplayResult(id=record.id, attempt=record.attempt, match=mismatch is None,
+                        n_logged=len(record.token_ids), n_replayed=len(replayed), first_mismatch=mismatch)
 
 
 def decode_again(model: Any, record: RunRecord, config: DecodeConfig) -> Generation:
@@ -75,31 +76,27 @@ def replay_attempts(model: Any, records: Sequence[RunRecord], isolated: bool = F
     """Replay records, each with its result, as they finish: batch-1 records one at a time; batched records
     several to a batch of their recorded shape, each in its own recorded slot (rows never mix, so a slot decodes
     what it would decode alone), or, with `isolated`, each alone in its slot of an otherwise idle batch."""
-    open_batches: dict[tuple[int, int, int, str], list[tuple[BatchLayout, dict[int, RunRecord]]]] = {}
+    open_batches: dict[tuple[int, int, int, str], list[dict[int, RunRecord]]] = {}
     for record in records:
         if record.batch is None or record.error is not None or isolated:
             yield record, replay_attempt(model, record)
             continue
         layout = BatchLayout.from_json(record.batch)
         batches = open_batches.setdefault((layout.size, layout.width, layout.cache_len, layout.path), [])
-        batch = next((b for _, b in batches if layout.slot not in b), None)
-        if batch is None:
-            batch = {}
-            batches.append((layout, batch))
-        batch[layout.slot] = record
-        if len(batch) == layout.size:
-            batches.remove(next(entry for entry in batches if entry[1] is batch))
-            yield from _compared(layout, batch, decode_in_slots(model, layout, batch))
+        index = next((i for i, batch in enumerate(batches) if layout.slot not in batch), len(batches))
+        if index == len(batches):
+            batches.append({})
+        batches[index][layout.slot] = record
+        if len(batches[index]) == layout.size:
+            yield from _replay_batch(model, batches.pop(index))
     for batches in open_batches.values():
-        for layout, batch in batches:
-            yield from _compared(layout, batch, decode_in_slots(model, layout, batch))
+        for batch in batches:
+            yield from _replay_batch(model, batch)
 
 
-def _compared(layout: BatchLayout, batch: dict[int, RunRecord], generations: dict[int, Generation]
-              ) -> Iterator[tuple[RunRecord, ReplayResult]]:
+def _replay_batch(model: Any, batch: dict[int, RunRecord]) -> Iterator[tuple[RunRecord, ReplayResult]]:
+    """Replay records of one batch shape together, each in its slot."""
+    layout = BatchLayout.from_json(next(iter(batch.values())).batch or {})
+    generations = decode_in_slots(model, layout, batch)
     for slot, record in sorted(batch.items()):
-        replayed = generations[slot].token_ids
-        mismatch = first_mismatch(record.token_ids, replayed)
-        yield record, ReplayResult(id=record.id, attempt=record.attempt, match=mismatch is None,
-                                   n_logged=len(record.token_ids), n_replayed=len(replayed),
-                                   first_mismatch=mismatch)
+        yield record, compared(record, generations[slot].token_ids)
