@@ -351,6 +351,7 @@ def _mine_in_groups(
     widest = max((len(prompt.token_ids) for prompt in prompts.values()), default=1)
     cache_len = cache_len_for(widest, settings.max_new_tokens)
     _check_batch_fits(model, size, cache_len, widest)
+    decoder = model.batched_decoder(size, cache_len)
     attempts_this_call = 0
     if bar is not None:
         bar.update(sum(1 for p in problems if _finished(p.id, tally, schedule)))
@@ -359,7 +360,6 @@ def _mine_in_groups(
         if not group:
             break
         width = max(len(prompts[p.id].token_ids) for p, _ in group)
-        decoder = model.batched_decoder(size, cache_len)
         rows: list[BatchRow | None] = [
             BatchRow(prompts[p.id].token_ids, DecodeConfig(schedule[a], settings.top_p, settings.max_new_tokens),
                      attempt_seed(p.id, a)) for p, a in group]
