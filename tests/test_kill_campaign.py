@@ -51,6 +51,27 @@ def slow_sampler(tokenizer):
     return sample
 
 
+def kill_until_finished(code: str, outdir: Path, tokenizer_dir: Path, rng: random.Random, low: float,
+                        high: float) -> int:
+    """Start the mining child `code` again and again, kill -9 it after a random `low`..`high` s, until one run
+    finishes on its own; how many kills landed."""
+    kills = 0
+    for _ in range(30):
+        child = subprocess.Popen([sys.executable, "-c", code, str(TESTS), str(outdir), str(tokenizer_dir)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        try:
+            child.wait(timeout=rng.uniform(low, high))
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            kills += 1
+            continue
+        assert child.returncode == 0, child.stderr.read()
+        return kills
+    raise AssertionError("the killed run never finished")
+
+
 def test_kill_9_campaign_on_a_run_with_pairs(smollm2_tokenizer, tmp_path):
     from types import SimpleNamespace
 
@@ -61,23 +82,7 @@ def test_kill_9_campaign_on_a_run_with_pairs(smollm2_tokenizer, tmp_path):
     killed = tmp_path / "killed"
     tokenizer_dir = tmp_path / "tokenizer"
     smollm2_tokenizer.save_pretrained(tokenizer_dir)  # loads in a fraction of the GGUF's time
-    rng = random.Random(20261123)
-    kills = 0
-    for _ in range(30):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(TESTS), str(killed), str(tokenizer_dir)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == "ready", child.stderr.read()
-        try:
-            child.wait(timeout=rng.uniform(0.2, 1.0))
-        except subprocess.TimeoutExpired:
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            kills += 1
-            continue
-        assert child.returncode == 0, child.stderr.read()
-        break
-    else:
-        raise AssertionError("the killed run never finished")
+    kills = kill_until_finished(CHILD, killed, tokenizer_dir, random.Random(20261123), 0.2, 1.0)
     assert kills >= 3, f"only {kills} kills landed"
     for name in DERIVED:
         assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
@@ -127,23 +132,7 @@ def test_kill_9_campaign_on_a_batched_run(smollm2_tokenizer, tmp_path, monkeypat
     assert result.summary["pairs_found"] >= 4
     killed, tokenizer_dir = tmp_path / "killed", tmp_path / "tokenizer"
     smollm2_tokenizer.save_pretrained(tokenizer_dir)
-    rng = random.Random(20261124)
-    kills = 0
-    for _ in range(30):
-        child = subprocess.Popen([sys.executable, "-c", BATCHED_CHILD, str(TESTS), str(killed), str(tokenizer_dir)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == "ready", child.stderr.read()
-        try:
-            child.wait(timeout=rng.uniform(0.1, 0.6))
-        except subprocess.TimeoutExpired:
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            kills += 1
-            continue
-        assert child.returncode == 0, child.stderr.read()
-        break
-    else:
-        raise AssertionError("the killed run never finished")
+    kills = kill_until_finished(BATCHED_CHILD, killed, tokenizer_dir, random.Random(20261124), 0.1, 0.6)
     assert kills >= 2, f"only {kills} kills landed"
     for name in DERIVED:
         assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
