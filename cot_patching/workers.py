@@ -47,6 +47,9 @@ class Worker:
     attempts: int = 0
     tokens: int = 0
     ids: set[str] = field(default_factory=set)
+    started_tokens: int | None = None
+    first_write: tuple[float, int] | None = None
+    ended: float | None = None
 
     @property
     def log(self) -> Path:
@@ -106,10 +109,17 @@ def run_workers(workers: Sequence[Worker], show: Callable[[str], None] | None = 
     start_tokens: int | None = None
     while True:
         codes = [worker.process.poll() for worker in workers if worker.process is not None]
-        for worker in workers:
+        now = time.monotonic()
+        for worker, code in zip(workers, codes):
             worker.poll_files()
+            if worker.started_tokens is None:
+                worker.started_tokens = worker.tokens  # resumed work is not this call's throughput
+            elif worker.first_write is None and worker.tokens > worker.started_tokens:
+                worker.first_write = (now, worker.tokens)
+            if code is not None and worker.ended is None:
+                worker.ended = now
         if start_tokens is None:
-            start_tokens = sum(w.tokens for w in workers)  # resumed work is not this call's throughput
+            start_tokens = sum(w.tokens for w in workers)
         if show is not None:
             show(status_line(workers, time.monotonic() - started, start_tokens))
         if all(code is not None for code in codes):
@@ -129,6 +139,18 @@ def status_line(workers: Sequence[Worker], elapsed: float, start_tokens: int) ->
     running = sum(1 for w in workers if w.process is not None and w.process.poll() is None)
     return (f"{running}/{len(workers)} workers running | pairs {sum(w.pairs() for w in workers)} | problems "
             f"{done}/{total} | attempts {sum(w.attempts for w in workers)} | {rate:.1f} tok/s | ETA {eta}")
+
+
+def throughput_line(workers: Sequence[Worker], elapsed: float) -> str:
+    """This call's new tokens and tok/s: end to end, and summed over workers from each one's first write."""
+    tokens = sum(w.tokens - (w.started_tokens or 0) for w in workers)
+    steady = 0.0
+    for worker in workers:
+        if worker.first_write is not None and worker.ended is not None and worker.ended > worker.first_write[0]:
+            steady += (worker.tokens - worker.first_write[1]) / (worker.ended - worker.first_write[0])
+    return (f"throughput: {tokens} new tokens in {elapsed:.1f} s on {len(workers)} workers = {tokens / elapsed:.1f} "
+            f"tok/s end to end (model loads included); {steady:.1f} tok/s summed over workers, each from its first "
+            f"written attempt to its exit")
 
 
 def failure_report(workers: Sequence[Worker], codes: Sequence[int]) -> list[str]:

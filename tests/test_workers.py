@@ -38,6 +38,8 @@ def test_two_workers_merge_to_the_single_process_run(problems, tmp_path):
     assert json.loads((tmp_path / "many/summary.json").read_text()) == json.loads((tmp_path / "one/summary.json").read_text())
     manifest = json.loads((tmp_path / "many/manifest.json").read_text())
     assert [entry["shard"] for entry in manifest["shards"]] == ["0/2", "1/2"]
+    mined_tokens = sum(len(json.loads(line)["token_ids"]) for line in (tmp_path / "many/runs.jsonl").open())
+    assert f"throughput: {mined_tokens} new tokens in " in many.stdout, many.stdout
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -155,7 +156,8 @@ def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False
     from cot_patching.merge import merge_shards, merged_summary_line
     from cot_patching.problems import load_problems
     from cot_patching.sharding import Shard, shard_problems
-    from cot_patching.workers import failure_report, make_workers, mine_flags, parse_devices, run_workers
+    from cot_patching.workers import (failure_report, make_workers, mine_flags, parse_devices, run_workers,
+                                      throughput_line)
 
     if options.shard is not None:
         raise ValueError("--devices makes its own shards; do not also give --shard")
@@ -170,7 +172,9 @@ def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False
         if progress:
             typer.echo("\r" + line, nl=False, err=True)
 
+    started = time.monotonic()
     codes = run_workers(workers, show)
+    elapsed = time.monotonic() - started
     if progress:
         typer.echo("", err=True)
     failed = failure_report(workers, codes)
@@ -178,6 +182,7 @@ def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False
         for line in failed:
             typer.echo(line, err=True)
         raise typer.Exit(code=1)
+    typer.echo(throughput_line(workers, elapsed))
     report = merge_shards(outdir, [str(w.outdir) for w in workers], problems_path=options.problems, argv=sys.argv)
     typer.echo(merged_summary_line(report) + f" -> {outdir}")
     print_next_steps(outdir, artifacts.read_pairs(outdir / artifacts.PAIRS_FILE))
