@@ -78,12 +78,17 @@ def _facts(shard: ShardRun) -> dict[str, Any]:
     options = session.get("options") or {}
     return {
         "settings": settings,
-        "model": {key: model.get(key) for key in MODEL_IDENTITY},
+        "model": {key: _device_kind(model.get(key)) if key == "device" else model.get(key) for key in MODEL_IDENTITY},
         "software versions": (session.get("environment") or {}).get("versions"),
         "decode path": session.get("decode_path"),
         "min_pairs": options.get("min_pairs"),
         "shard count": shard.count,
     }
+
+
+def _device_kind(device: Any) -> Any:
+    """`cuda:1` -> `cuda`: shards of one run differ in which GPU they used, not in its kind."""
+    return device.split(":")[0] if isinstance(device, str) else device
 
 
 def check_compatible(shards: Sequence[ShardRun]) -> None:

@@ -313,6 +313,9 @@ def load_model(
     if backend == HOOKED and load_in_4bit:
         raise ModelLoadError("the hooked backend cannot run 4-bit weights; use --backend bridge for --load-in-4bit")
     device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda" and device.index is not None:
+        # streams, CUDA-graph capture and free-memory checks use the current device: make it the model's
+        torch.cuda.set_device(device)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype, device)
     source = resolve_model(spec)
     candidates = [source]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -121,3 +122,21 @@ def test_merge_refuses_mismatched_or_missing_shards(tiny, problem_file, tmp_path
     with pytest.raises(MiningError, match="holds a mining run"):
         merge_shards(single, [str(a), str(b)])
     assert replace(settings, shard=None).shard is None
+
+
+def test_shards_on_different_gpus_of_one_kind_merge_but_not_on_different_kinds(tiny, problem_file, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _mine(tiny, problem_file, a, 100, shard="0/2")
+    _mine(tiny, problem_file, b, 100, shard="1/2")
+
+    def set_device(shard: Path, device: str) -> None:
+        manifest = json.loads((shard / "manifest.json").read_text())
+        manifest["model"]["device"] = device
+        (shard / "manifest.json").write_text(json.dumps(manifest))
+
+    set_device(a, "cuda:0")
+    set_device(b, "cuda:1")
+    merge_shards(tmp_path / "m", [str(a), str(b)])  # `mine --devices cuda:0,cuda:1` writes exactly these
+    set_device(b, "cpu")
+    with pytest.raises(MiningError, match="different model.*'cuda', 'cpu'"):
+        merge_shards(tmp_path / "m2", [str(a), str(b)])
