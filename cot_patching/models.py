@@ -118,35 +118,38 @@ class LoadedModel:
     def batched_decoder(self, size: int, cache_len: int, path: str | None = None) -> Any:
         """The decoder of `size` slots over a static cache of `cache_len` on `path`, made on first use and kept.
 
-        The default path runs Hugging Face's plain modules over the bridge's own tensors (`decoding.plain`): a
-        captured CUDA graph of the step on CUDA (`plain_cuda_graph`), eager elsewhere (`plain_eager`). A replay
-        passes the path its record names (`cuda_graph` etc.: the bridge's wrapped modules).
+        The default path runs Hugging Face's modules over the bridge's own tensors with grouped-query attention
+        (`decoding.plain`): a captured CUDA graph of the step on CUDA (`grouped_cuda_graph`), eager elsewhere
+        (`grouped_eager`). A replay passes the path its record names (`plain_cuda_graph`: Hugging Face's sdpa
+        attention; `cuda_graph` etc.: the bridge's wrapped modules).
         """
-        from cot_patching.decoding.batched import BATCH_PATHS, BatchedDecoder
+        from cot_patching.decoding.batched import BATCH_PATHS, DEFAULT_BATCH_PATH, BatchedDecoder, path_modules
 
         if self.info.backend != BRIDGE:
             raise BackendError("batched decoding (--batch-size > 1) runs the bridge's Hugging Face model; "
                                f"the {self.info.backend} backend decodes one attempt at a time")
-        path = path or ("plain_eager" if self.device.type != "cuda" else "plain_cuda_graph")
+        path = path or DEFAULT_BATCH_PATH["cuda" if self.device.type == "cuda" else "cpu"]
         if path not in BATCH_PATHS:
             raise BackendError(f"unknown batched decode path {path!r}; known: {', '.join(BATCH_PATHS)}")
         if "cuda_graph" in path and self.device.type != "cuda":
             raise BackendError(f"decode path {path} needs a CUDA device; this model is on {self.device}")
         key = ("batched", size, cache_len, path)
         if key not in self._graphed:
-            plain = path.startswith("plain_")
-            modules = self.plain_model() if plain else self.model.original_model
-            self._graphed[key] = BatchedDecoder(modules, size, cache_len, graphed="cuda_graph" in path,
-                                                compile_step=path.endswith("compiled"), plain=plain)
+            modules = path_modules(path)
+            hf_model = self.model.original_model if modules == "bridge" else self.plain_model(modules)
+            self._graphed[key] = BatchedDecoder(hf_model, size, cache_len, graphed="cuda_graph" in path,
+                                                compile_step=path.endswith("compiled"), modules=modules)
         return self._graphed[key]
 
-    def plain_model(self) -> Any:
-        """Hugging Face's plain modules over the bridge's own weight tensors (`decoding.plain`), made once."""
-        from cot_patching.decoding.plain import plain_twin
+    def plain_model(self, modules: str = "plain") -> Any:
+        """Hugging Face's plain modules over the bridge's own weight tensors (`decoding.plain`), made once per kind:
+        "plain" (Hugging Face's sdpa attention) or "grouped" (`grouped_attention`)."""
+        from cot_patching.decoding.plain import GROUPED_ATTENTION, plain_twin
 
-        if "plain" not in self._graphed:
-            self._graphed["plain"] = plain_twin(self.model.original_model)
-        return self._graphed["plain"]
+        if modules not in self._graphed:
+            attention = {"plain": "sdpa", "grouped": GROUPED_ATTENTION}[modules]
+            self._graphed[modules] = plain_twin(self.model.original_model, attn_implementation=attention)
+        return self._graphed[modules]
 
     def logits(self, input_ids: Int[Tensor, "1 pos"]) -> Float[Tensor, "1 pos vocab"]:
         """Full-sequence logits of one forward pass."""

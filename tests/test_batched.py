@@ -121,7 +121,7 @@ def test_batched_mining_records_layouts_validates_and_replays_exactly(tiny, tmp_
     layouts = [BatchLayout.from_json(r.batch) for r in runs]
     assert [(r.id, r.attempt) for r in runs[:3]] == [("b0", 0), ("b1", 0), ("b2", 0)]  # the first group
     assert [(lay.group, lay.slot, lay.rows) for lay in layouts[:4]] == [(0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3)]
-    assert all(lay.path == "plain_eager" and lay.size == 3 for lay in layouts)
+    assert all(lay.path == "grouped_eager" and lay.size == 3 for lay in layouts)
     assert validate_outdir(tmp_path) == []
     replays = [replay_attempt(tiny, r) for r in runs]
     assert all(result.match for result in replays)
@@ -236,8 +236,8 @@ def test_records_without_a_layout_keep_their_old_bytes(tiny, tmp_path):
 
 
 def test_paths_of_the_decoders(tiny):
-    assert tiny.batched_decoder(2, 256).path == "plain_eager"
-    assert tiny.batched_decoder(2, 256) is tiny.batched_decoder(2, 256, "plain_eager")
+    assert tiny.batched_decoder(2, 256).path == "grouped_eager"
+    assert tiny.batched_decoder(2, 256) is tiny.batched_decoder(2, 256, "grouped_eager")
     assert tiny.batched_decoder(2, 256, "eager").path == "eager"
     from cot_patching.backends import BackendError
 
@@ -287,7 +287,7 @@ def test_the_cli_mines_in_batches_and_reproduce_replays_them(tmp_path, tiny_dir)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("path", ["eager", "cuda_graph", "cuda_graph_compiled", "plain_cuda_graph",
-                                  "plain_cuda_graph_compiled"])
+                                  "plain_cuda_graph_compiled", "grouped_cuda_graph", "grouped_cuda_graph_compiled"])
 def test_on_the_gpu_a_slot_is_independent_of_the_others_and_of_capture(path):
     from test_cuda_graphs import tiny_qwen2, wrapped
 
@@ -345,10 +345,27 @@ def test_the_plain_twin_shares_the_bridge_tensors_and_its_logits(tiny):
     assert tiny.plain_model() is tiny.plain_model()
 
 
+def test_grouped_attention_matches_the_plain_twin_at_prefill_and_decode(tiny):
+    """Grouped-query attention without repeated K/V computes what Hugging Face's sdpa attention computes."""
+    hf = tiny.model.original_model
+    assert hf.config.num_attention_heads > hf.config.num_key_value_heads  # the tiny model does group its queries
+    cache_len = cache_len_for(WIDTH, 8)
+    rows = [BatchRow(p, replace(SAMPLED, max_new_tokens=8), 40 + i) for i, p in enumerate(PROMPTS)] + [None]
+    plain = tiny.batched_decoder(4, cache_len, "plain_eager")
+    grouped = tiny.batched_decoder(4, cache_len, "grouped_eager")
+    assert grouped.hf_model is tiny.plain_model("grouped") and grouped.hf_model is not plain.hf_model
+    prompts = [None if row is None else row.prompt_ids for row in rows]
+    with torch.inference_mode():
+        assert torch.allclose(plain.prefill(prompts, WIDTH), grouped.prefill(prompts, WIDTH), atol=1e-5)
+        tokens = torch.tensor([5, 6, 7, 8])
+        for _ in range(3):
+            assert torch.allclose(plain.step(tokens), grouped.step(tokens), atol=1e-5)
+
+
 def test_bridge_and_plain_paths_each_replay_their_own_records(tiny):
     rows = [BatchRow(p, SAMPLED, 900 + i) for i, p in enumerate(PROMPTS)] + [None]
     cache_len = cache_len_for(WIDTH, SAMPLED.max_new_tokens)
-    for path in ("eager", "plain_eager"):
+    for path in ("eager", "plain_eager", "grouped_eager"):
         dec = tiny.batched_decoder(4, cache_len, path)
         first = sample_batch(dec, rows, frozenset(), width=WIDTH)
         again = sample_batch(tiny.batched_decoder(4, cache_len, path), [None, None, rows[2], None], frozenset(),

@@ -28,9 +28,17 @@ from cot_patching.decoding.sampling import CACHE_BUCKET, STOP_CHECK_INTERVAL, De
 
 BATCH_SAMPLER = "rows-v1"
 # How the step runs (eager, a captured CUDA graph, of the torch.compile'd model) and on which modules: the bridge's
-# own (no prefix) or Hugging Face's plain modules over the same tensors ("plain_", `decoding.plain`).
-BATCH_PATHS = ("eager", "cuda_graph", "cuda_graph_compiled", "plain_eager", "plain_cuda_graph",
-               "plain_cuda_graph_compiled")
+# own (no prefix), Hugging Face's plain modules over the same tensors ("plain_", `decoding.plain`), or those with
+# grouped-query attention that never repeats the K/V cache ("grouped_", `decoding.plain.grouped_attention`).
+STEP_KINDS = ("eager", "cuda_graph", "cuda_graph_compiled")
+MODULE_PREFIXES = {"bridge": "", "plain": "plain_", "grouped": "grouped_"}
+BATCH_PATHS = tuple(prefix + step for prefix in MODULE_PREFIXES.values() for step in STEP_KINDS)
+DEFAULT_BATCH_PATH = {"cuda": "grouped_cuda_graph", "cpu": "grouped_eager"}
+
+
+def path_modules(path: str) -> str:
+    """Which modules a batch decode path runs: "bridge", "plain" or "grouped"."""
+    return next((name for name, prefix in MODULE_PREFIXES.items() if prefix and path.startswith(prefix)), "bridge")
 
 
 @dataclass(frozen=True)
@@ -126,11 +134,13 @@ class BatchedDecoder:
     """
 
     def __init__(self, hf_model: Any, size: int, cache_len: int, graphed: bool = False,
-                 compile_step: bool = False, plain: bool = False) -> None:
+                 compile_step: bool = False, modules: str = "bridge") -> None:
         from transformers import StaticCache
 
+        if modules not in MODULE_PREFIXES:
+            raise ValueError(f"unknown decode modules {modules!r}; known: {', '.join(MODULE_PREFIXES)}")
         self.hf_model, self.size, self.cache_len, self.graphed = hf_model, size, cache_len, graphed
-        self.plain = plain  # `hf_model` is the plain twin of a bridged model (recorded in the path)
+        self.modules = modules  # which modules `hf_model` is (recorded in the path)
         self.step_model = torch.compile(hf_model, dynamic=False) if graphed and compile_step else hf_model
         parameter = next(hf_model.parameters())
         device, dtype = parameter.device, parameter.dtype
@@ -151,7 +161,7 @@ class BatchedDecoder:
         """The decode path recorded for attempts decoded here."""
         step = "eager" if not self.graphed else (
             "cuda_graph_compiled" if self.step_model is not self.hf_model else "cuda_graph")
-        return ("plain_" if self.plain else "") + step
+        return MODULE_PREFIXES[self.modules] + step
 
     def _forward(self, input_ids: Int[Tensor, "n q"], cache_position: Int[Tensor, " q"]) -> Float[Tensor, "n vocab"]:
         keys = self.key_positions[None, None, :]
