@@ -1,6 +1,6 @@
 """Batched mining throughput: end-to-end `mine --batch-size N` against plain Hugging Face `generate` at the same N.
 
-Ours is the whole mining loop (`cot_patching.miner.mine`: grouping, prefill, decode, parsing, scoring, fsynced
+Ours is the whole mining loop (`cot_patching.mining.miner.mine`: grouping, prefill, decode, parsing, scoring, fsynced
 writes), EOS ignored so that every attempt decodes exactly `--new-tokens`; the tokens counted are the attempts' new
 tokens, the time is the `mine` call's wall clock. The peer is `generate` on the PLAIN Hugging Face model (no
 TransformerLens wrappers) with the same N prompts left-padded, `min_new_tokens = max_new_tokens`, in its two
@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 from bench.common import random_llama31_8b, random_llama31_8b_hf, synchronize
-from cot_patching import artifacts
-from cot_patching.miner import MineSettings, mine
-from cot_patching.models import EMBEDDED, LoadedModel, load_hf_model, load_model, resolve_model
+from cot_patching.runs import artifacts
+from cot_patching.mining.miner import MineSettings, mine
+from cot_patching.models.loading import EMBEDDED, LoadedModel, load_hf_model, load_model, resolve_model
 from cot_patching.problems import Problem, load_problems
-from cot_patching.prompt import build_prompt, encode_prompt
+from cot_patching.traces.prompt import build_prompt, encode_prompt
 
 PROBLEMS = Path(__file__).resolve().parent.parent / "data" / "problems.sample2.json"
 

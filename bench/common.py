@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from cot_patching.models import LoadedModel, from_hf_model
+from cot_patching.models.loading import LoadedModel, from_hf_model
 
 
 def llama31_8b_config() -> Any:

@@ -27,8 +27,8 @@ import torch
 
 
 from bench.common import random_llama31_8b_hf, random_llama31_8b, synchronize, time_call
-from cot_patching.models import LoadedModel, load_model
-from cot_patching.prompt import build_prompt, encode_prompt
+from cot_patching.models.loading import LoadedModel, load_model
+from cot_patching.traces.prompt import build_prompt, encode_prompt
 from cot_patching.decoding.sampling import DecodeConfig, sample
 
 QUESTION = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "
@@ -145,7 +145,7 @@ def run_decode(model: LoadedModel, repeats: int, new_tokens: int, device_name: s
 
 
 def run_mining(n_problems: int, max_tries: int, new_tokens: int) -> None:
-    from cot_patching.miner import MineSettings, mine
+    from cot_patching.mining.miner import MineSettings, mine
     from cot_patching.problems import deterministic_sample, read_gsm8k
 
     model = load_model("embedded", device="cpu")
@@ -155,7 +155,7 @@ def run_mining(n_problems: int, max_tries: int, new_tokens: int) -> None:
         start = time.perf_counter()
         result = mine(problems, model, settings, outdir, min_pairs=10**6, progress=False)
         seconds = time.perf_counter() - start
-        from cot_patching import artifacts
+        from cot_patching.runs import artifacts
 
         runs = artifacts.read_runs(Path(outdir) / artifacts.RUNS_FILE)
     tokens = sum(len(line.record.token_ids) for line in runs)
@@ -181,7 +181,7 @@ def main() -> None:
         run_mining(args.problems, args.max_tries, args.new_tokens)
         return
     if args.setting == "cpu":
-        from cot_patching.models import EMBEDDED, load_hf_model, resolve_model
+        from cot_patching.models.loading import EMBEDDED, load_hf_model, resolve_model
 
         plain = load_hf_model(resolve_model(EMBEDDED), torch.device("cpu"), torch.float32).eval()
         model = load_model("embedded", device="cpu")

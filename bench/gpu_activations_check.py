@@ -15,9 +15,9 @@ from bench.common import llama31_8b_config, llama3_tokenizer
 from helpers import mine_scripted_pairs
 from transformers import LlamaForCausalLM
 
-from cot_patching.activations import CacheSettings, cache_activations, hook_name, load_activations
-from cot_patching.artifacts import load_pairs
-from cot_patching.models import from_hf_model
+from cot_patching.activations.cache import CacheSettings, cache_activations, hook_name, load_activations
+from cot_patching.runs.artifacts import load_pairs
+from cot_patching.models.loading import from_hf_model
 from cot_patching.experiments.patching import ResidualPatch, run_with_patches
 
 config = llama31_8b_config()

@@ -19,8 +19,8 @@ import torch
 
 from bench.common import llama3_tokenizer, llama31_8b_config, time_call
 
-from cot_patching import backends
-from cot_patching.models import LoadedModel, from_hf_model
+from cot_patching.models import backends
+from cot_patching.models.loading import LoadedModel, from_hf_model
 from cot_patching.decoding.sampling import DecodeConfig, sample
 
 

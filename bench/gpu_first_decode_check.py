@@ -10,8 +10,8 @@ import torch
 
 
 import cot_patching.decoding.sampling as sampling
-from cot_patching.models import LoadedModel, ModelInfo
-from cot_patching.replay import first_mismatch
+from cot_patching.models.loading import LoadedModel, ModelInfo
+from cot_patching.decoding.replay import first_mismatch
 from cot_patching.decoding.sampling import DecodeConfig, sample
 
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 
-from cot_patching.miner import MineSettings, mine
+from cot_patching.mining.miner import MineSettings, mine
 from cot_patching.problems import Problem
 from cot_patching.decoding.sampling import Generation, attempt_seed
 
@@ -60,7 +60,7 @@ def main() -> None:
     small, large = (int(x) for x in args.sizes.split(","))
     from transformers import AutoTokenizer
 
-    from cot_patching.models import EMBEDDED_FILE, embedded_model_dir
+    from cot_patching.models.loading import EMBEDDED_FILE, embedded_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(), gguf_file=EMBEDDED_FILE)
     per = {}

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 
-from cot_patching.artifacts import LoadedPair, PairRecord, RunRecord
+from cot_patching.runs.artifacts import LoadedPair, PairRecord, RunRecord
 from cot_patching.experiments.attribution import recipient_gradients
 from cot_patching.experiments.sweep import SweepSettings, pair_traces, sweep_direction, trace_metric
-from cot_patching.activations import hook_name
-from cot_patching.prompt import build_prompt, encode_prompt
-from cot_patching.traces import analyze_trace
+from cot_patching.activations.cache import hook_name
+from cot_patching.traces.prompt import build_prompt, encode_prompt
+from cot_patching.traces.analysis import analyze_trace
 
 QUESTION = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "
             "her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh "
@@ -101,7 +101,7 @@ def main() -> None:
 
         model = random_llama31_8b(args.llama3_tokenizer)
     else:
-        from cot_patching.models import EMBEDDED, load_model
+        from cot_patching.models.loading import EMBEDDED, load_model
 
         model = load_model(EMBEDDED, device="cpu")
     pair = synthetic_pair(model.tokenizer)

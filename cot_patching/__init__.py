@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from cot_patching.activations import ActivationStore, CacheSettings, load_activations
-from cot_patching.artifacts import LoadedPair, PairRecord, RunRecord, load_pairs, read_pairs, read_run_at, read_runs
-from cot_patching.models import LoadedModel, load_model
-from cot_patching.parsing import ParsedTrace, Step, parse_trace, select_steps
+from cot_patching.activations.cache import ActivationStore, CacheSettings, load_activations
+from cot_patching.runs.artifacts import LoadedPair, PairRecord, RunRecord, load_pairs, read_pairs, read_run_at, read_runs
+from cot_patching.models.loading import LoadedModel, load_model
+from cot_patching.traces.parsing import ParsedTrace, Step, parse_trace, select_steps
 from cot_patching.problems import Problem, load_problems
-from cot_patching.prompt import PROMPT_TEMPLATE, build_prompt, encode_prompt
+from cot_patching.traces.prompt import PROMPT_TEMPLATE, build_prompt, encode_prompt
 from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample, temperature_schedule
-from cot_patching.scoring import Score, score_answer
-from cot_patching.spans import decode_tokens, token_spans
+from cot_patching.traces.scoring import Score, score_answer
+from cot_patching.traces.spans import decode_tokens, token_spans
 
 __version__ = "0.1.0"
 

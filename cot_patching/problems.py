@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from cot_patching.scoring import format_number, parse_number
+from cot_patching.traces.scoring import format_number, parse_number
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 GSM8K_HUB = ("openai/gsm8k", "main")

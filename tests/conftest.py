@@ -13,7 +13,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; fail fast instead of retrying
 
-from cot_patching.models import EMBEDDED, EMBEDDED_FILE, LoadedModel, embedded_model_dir, from_hf_model, load_model
+from cot_patching.models.loading import EMBEDDED, EMBEDDED_FILE, LoadedModel, embedded_model_dir, from_hf_model, load_model
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cot_patching.miner import MineSettings, mine
+from cot_patching.mining.miner import MineSettings, mine
 from cot_patching.problems import Problem
 from cot_patching.decoding.sampling import Generation, attempt_seed
 

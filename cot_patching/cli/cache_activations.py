@@ -28,8 +28,8 @@ def cache_activations_command(
                                         "identity must match the manifest).  [default: the recorded one]"),
 ) -> None:
     """Run the mining model on prompt + trace of both traces of each pair; save residuals at the selected steps."""
-    from cot_patching import artifacts
-    from cot_patching.activations import CacheSettings, cache_activations, parse_layers
+    from cot_patching.runs import artifacts
+    from cot_patching.activations.cache import CacheSettings, cache_activations, parse_layers
     from cot_patching.cli.run_model import load_run_model
 
     with clear_errors():

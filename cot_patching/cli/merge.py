@@ -17,7 +17,7 @@ def merge_command(
     partial: bool = typer.Option(False, "--partial", help="Merge what is finished and say what is missing."),
 ) -> None:
     """Merge shards: runs.jsonl byte for byte in problem order, pairs and summary rebuilt, --min-pairs applied."""
-    from cot_patching.merge import merge_shards, merged_summary_line
+    from cot_patching.mining.merge import merge_shards, merged_summary_line
 
     with clear_errors():
         report = merge_shards(out, shards, problems_path=problems, partial=partial, argv=sys.argv)

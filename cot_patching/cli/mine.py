@@ -71,7 +71,7 @@ class MineOptions:
         parse_temperature_seq(self.temperature_seq)
         DecodeConfig(0.0, self.top_p, self.max_new_tokens)
         if self.shard is not None:
-            from cot_patching.sharding import parse_shard
+            from cot_patching.mining.sharding import parse_shard
 
             parse_shard(self.shard)
 
@@ -152,11 +152,11 @@ def mine_command(
 
 def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False, progress: bool = True) -> None:
     """One shard worker per device, a combined status line, then the merge into --outdir."""
-    from cot_patching import artifacts
-    from cot_patching.merge import merge_shards, merged_summary_line
+    from cot_patching.runs import artifacts
+    from cot_patching.mining.merge import merge_shards, merged_summary_line
     from cot_patching.problems import load_problems
-    from cot_patching.sharding import Shard, shard_problems
-    from cot_patching.workers import (failure_report, make_workers, mine_flags, parse_devices, run_workers,
+    from cot_patching.mining.sharding import Shard, shard_problems
+    from cot_patching.mining.workers import (failure_report, make_workers, mine_flags, parse_devices, run_workers,
                                       throughput_line)
 
     if options.shard is not None:
@@ -190,16 +190,17 @@ def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False
 
 def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = True) -> None:
     """Validate everything cheap first, then load the model and mine."""
-    from cot_patching import artifacts, miner
-    from cot_patching.backends import AUTO, resolve_backend
-    from cot_patching.models import load_model, resolve_model
+    from cot_patching.runs import artifacts
+    from cot_patching.mining import miner
+    from cot_patching.models.backends import AUTO, resolve_backend
+    from cot_patching.models.loading import load_model, resolve_model
     from cot_patching.problems import load_problems
     from cot_patching.decoding.sampling import parse_temperature_seq
 
     temperature_seq = parse_temperature_seq(options.temperature_seq)
     problems = load_problems(options.problems)
     if options.shard is not None:
-        from cot_patching.sharding import parse_shard, shard_problems
+        from cot_patching.mining.sharding import parse_shard, shard_problems
 
         problems = shard_problems(problems, parse_shard(options.shard))
     resumed_backend = None if overwrite else artifacts.recorded_backend(Path(options.outdir))
@@ -261,7 +262,7 @@ def print_summary(summary: dict[str, Any], options: MineOptions, backend: str, r
 
 def print_next_steps(outdir: Path, pairs: list[Any]) -> None:
     """Where the first pair is, its two final answers, and the commands that come next."""
-    from cot_patching import artifacts
+    from cot_patching.runs import artifacts
 
     if not pairs:
         typer.echo(f"no pair yet in {outdir}: rerun the same command to resume, or give more problems / tries")

@@ -36,12 +36,12 @@ def patch_command(
                                         "identity must match the manifest).  [default: the recorded one]"),
 ) -> None:
     """Patch each pair's traces into each other, cell by cell; write results.csv, attribution, agreement, heatmaps."""
-    from cot_patching import artifacts
-    from cot_patching.activations import parse_layers
+    from cot_patching.runs import artifacts
+    from cot_patching.activations.cache import parse_layers
     from cot_patching.cli.run_model import load_run_model
     from cot_patching.experiments.study import run_study, select_pairs
     from cot_patching.experiments.sweep import SweepSettings
-    from cot_patching.miner import check_not_locked
+    from cot_patching.mining.miner import check_not_locked
 
     with clear_errors():
         root = Path(results)

@@ -18,9 +18,9 @@ def repair_command(
     """Recompute spans, parses and labels from the token ids (which never change), re-apply the stop rule, rewrite
     pairs/csv/summary, and record the repair in the manifest. Attempts a fresh run would not have made, and damaged
     lines, move to runs.set-aside.jsonl; nothing is deleted."""
-    from cot_patching import artifacts
+    from cot_patching.runs import artifacts
     from cot_patching.cli.run_model import run_tokenizer
-    from cot_patching.repair import repair_run
+    from cot_patching.mining.repair import repair_run
 
     with clear_errors():
         root = Path(outdir)

@@ -27,7 +27,7 @@ def report_command(
         tokenizer = None
         if tokens and view.pairs:
             from cot_patching.cli.run_model import run_tokenizer
-            from cot_patching.models import ModelLoadError
+            from cot_patching.models.loading import ModelLoadError
 
             try:
                 tokenizer = run_tokenizer(root, model)

@@ -26,10 +26,10 @@ def reproduce_command(
                                         "identity must match the manifest).  [default: the recorded one]"),
 ) -> None:
     """Replay attempts from their logged model, prompt ids, T, top-p, max tokens and seed."""
-    from cot_patching import artifacts
+    from cot_patching.runs import artifacts
     from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model
-    from cot_patching.models import check_loaded_identity, load_model
-    from cot_patching.replay import replay_attempts
+    from cot_patching.models.loading import check_loaded_identity, load_model
+    from cot_patching.decoding.replay import replay_attempts
 
     with clear_errors():
         root = Path(outdir)

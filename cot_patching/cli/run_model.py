@@ -20,8 +20,8 @@ class RunModel:
 
 def run_model(root: Path, override: str | None) -> RunModel:
     """`--model` if given, else the recorded model (or its recorded absolute path); identity checked for files."""
-    from cot_patching import artifacts
-    from cot_patching.models import ModelLoadError, check_identity, resolve_model
+    from cot_patching.runs import artifacts
+    from cot_patching.models.loading import ModelLoadError, check_identity, resolve_model
 
     manifest = artifacts.load_manifest(root)
     name = (manifest.get("settings") or {}).get("model")
@@ -57,8 +57,8 @@ def echo_model(spec: str) -> None:
 def check_tokenizer(root: Path, found: RunModel, tokenizer: Any) -> None:
     """Refuse a tokenizer whose hash differs from the run's under the same transformers/tokenizers versions; warn
     when the versions differ too (the hash covers their serialization, which changes between releases)."""
-    from cot_patching import artifacts
-    from cot_patching.models import tokenizer_sha256
+    from cot_patching.runs import artifacts
+    from cot_patching.models.loading import tokenizer_sha256
 
     expected = found.recorded.get("tokenizer_sha256")
     if not expected or tokenizer_sha256(tokenizer) == expected:
@@ -75,7 +75,7 @@ def check_tokenizer(root: Path, found: RunModel, tokenizer: Any) -> None:
 
 def run_tokenizer(root: Path, override: str | None) -> Any:
     """The run's tokenizer (from `--model` or the recorded model), its identity checked as `check_tokenizer` does."""
-    from cot_patching.models import load_tokenizer, resolve_model
+    from cot_patching.models.loading import load_tokenizer, resolve_model
 
     found = run_model(root, override)
     tokenizer = load_tokenizer(resolve_model(found.spec))
@@ -86,8 +86,8 @@ def run_tokenizer(root: Path, override: str | None) -> Any:
 def load_run_model(root: Path, override: str | None, device: str | None, backend: str | None) -> tuple[RunModel, Any]:
     """The run's model loaded as it was mined (device, dtype, backend unless overridden), identity and tokenizer
     checked; the path used is echoed."""
-    from cot_patching import artifacts
-    from cot_patching.models import check_loaded_identity, load_model
+    from cot_patching.runs import artifacts
+    from cot_patching.models.loading import check_loaded_identity, load_model
 
     found = run_model(root, override)
     echo_model(found.spec)

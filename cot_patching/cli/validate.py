@@ -20,9 +20,9 @@ def validate_command(
                                      "HF math-verify disagrees with (a second opinion, not a violation)."),
 ) -> None:
     """Print each violation as FILE:LINE: message; exit 1 if there is any."""
-    from cot_patching import artifacts
+    from cot_patching.runs import artifacts
     from cot_patching.cli.run_model import run_tokenizer
-    from cot_patching.validate import validate_outdir
+    from cot_patching.mining.validate import validate_outdir
 
     with clear_errors():
         root = Path(outdir)
@@ -34,7 +34,7 @@ def validate_command(
         violations = validate_outdir(root, tokenizer)
         disagreements = []
         if math_verify:
-            from cot_patching.crosscheck import cross_check
+            from cot_patching.mining.crosscheck import cross_check
 
             runs = artifacts.read_runs(root / artifacts.RUNS_FILE) if not violations else []
             disagreements = cross_check(line.record for line in runs)

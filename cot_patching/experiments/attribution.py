@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from cot_patching.activations import hook_name
+from cot_patching.activations.cache import hook_name
 from cot_patching.experiments.alignment import Cell, ScoredTrace
 from cot_patching.experiments.patching import padded_batch, rows_target_logprobs
 

@@ -13,8 +13,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from cot_patching.activations import hook_name
-from cot_patching.artifacts import RunRecord
+from cot_patching.activations.cache import hook_name
+from cot_patching.runs.artifacts import RunRecord
 
 
 @dataclass(frozen=True)

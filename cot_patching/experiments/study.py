@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from cot_patching import artifacts
-from cot_patching.activations import hook_name
-from cot_patching.artifacts import LoadedPair
+from cot_patching.runs import artifacts
+from cot_patching.activations.cache import hook_name
+from cot_patching.runs.artifacts import LoadedPair
 from cot_patching.experiments.alignment import ANSWERS
 from cot_patching.experiments.attribution import cell_attribution, recipient_gradients, spearman
 from cot_patching.experiments.sweep import (
@@ -27,8 +27,8 @@ from cot_patching.experiments.sweep import (
 from cot_patching.experiments.tables import (
     ATTRIBUTION_COLUMNS, ATTRIBUTION_FILE, RESULT_COLUMNS, RESULTS_FILE, csv_line, read_table,
 )
-from cot_patching.miner import outdir_lock
-from cot_patching.models import file_sha256
+from cot_patching.mining.miner import outdir_lock
+from cot_patching.models.loading import file_sha256
 
 SETTINGS_FILE = "settings.json"
 PROGRESS_FILE = "progress.jsonl"

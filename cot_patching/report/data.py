@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cot_patching import artifacts
-from cot_patching.artifacts import LoadedPair, RunRecord
-from cot_patching.parsing import parse_trace, select_steps
-from cot_patching.spans import Decoder, TokenOffsets
+from cot_patching.runs import artifacts
+from cot_patching.runs.artifacts import LoadedPair, RunRecord
+from cot_patching.traces.parsing import parse_trace, select_steps
+from cot_patching.traces.spans import Decoder, TokenOffsets
 
 PATCHING_DIR = "patching"
 

@@ -16,10 +16,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cot_patching import artifacts
+from cot_patching.runs import artifacts
 from cot_patching.report.data import RunView, char_chunks, reproduce_command, selected_steps, token_chunks
-from cot_patching.spans import Decoder
-from cot_patching.traces import first_difference
+from cot_patching.traces.spans import Decoder
+from cot_patching.traces.analysis import first_difference
 
 TEMPLATE = "report.html.j2"
 

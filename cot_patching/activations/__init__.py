@@ -1,0 +1,1 @@
+"""Residual activations of the mined pairs at their selected steps: caching and the lazy store."""

@@ -1,0 +1,228 @@
+"""Merge the shard directories of one mining run into the directory ONE process would have written.
+
+A single process mines problems in file order and stops once `min_pairs` pairs exist. Each shard mined its own
+problems in the same order with the same stop rule on its own pairs, so every shard covers everything up to the
+point where the single process would have stopped (the global M-th pair comes no later than any shard's own M-th).
+The merge walks the problem file in order, takes each problem's attempt lines byte for byte from its shard, and
+stops where the single process would have; problems after that point that shards mined anyway are left out (and
+counted). Derived files are rebuilt by the same code `mine` uses.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from cot_patching.runs import artifacts
+from cot_patching.runs.artifacts import RunLine, RunRecord
+from cot_patching.mining.miner import MiningError, outdir_lock, problems_sha256, read_runs_or_explain
+from cot_patching.problems import load_problems
+from cot_patching.mining.sharding import parse_shard, shard_index
+
+MODEL_IDENTITY = ("revision", "tokenizer_sha256", "dtype", "backend", "device")
+
+
+@dataclass
+class ShardRun:
+    """One shard directory as read for a merge."""
+
+    path: Path
+    manifest: dict[str, Any]
+    index: int
+    count: int
+    lines: list[RunLine]
+    raw: dict[tuple[str, int], bytes] = field(default_factory=dict)
+
+    @property
+    def last_session(self) -> dict[str, Any]:
+        """The shard's latest mining session."""
+        sessions = self.manifest.get("sessions") or [{}]
+        return sessions[-1]
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What a merge wrote and what it left out."""
+
+    problems: int
+    attempts: int
+    pairs: int
+    dropped_problems: list[str]
+    missing: list[str]
+
+
+def read_shard(path: Path) -> ShardRun:
+    """A shard directory's manifest and runs (raw line bytes kept)."""
+    path = Path(path)
+    manifest = artifacts.load_manifest(path)
+    shard = (manifest.get("settings") or {}).get("shard")
+    if not shard:
+        raise MiningError(f"{path} is not a shard (its settings have no shard; mine with --shard K/N)")
+    parsed = parse_shard(shard)
+    lines = read_runs_or_explain(path)
+    raw: dict[tuple[str, int], bytes] = {}
+    with open(path / artifacts.RUNS_FILE, "rb") as handle:
+        data = handle.read()
+    for line in lines:
+        end = data.index(b"\n", line.offset) + 1
+        raw[(line.record.id, line.record.attempt)] = data[line.offset:end]
+    return ShardRun(path, manifest, parsed.index, parsed.count, lines, raw)
+
+
+def _facts(shard: ShardRun) -> dict[str, Any]:
+    session = shard.last_session
+    settings = {k: v for k, v in (shard.manifest.get("settings") or {}).items() if k != "shard"}
+    model = shard.manifest.get("model") or {}
+    options = session.get("options") or {}
+    return {
+        "settings": settings,
+        "model": {key: _device_kind(model.get(key)) if key == "device" else model.get(key) for key in MODEL_IDENTITY},
+        "software versions": (session.get("environment") or {}).get("versions"),
+        "decode path": session.get("decode_path"),
+        "min_pairs": options.get("min_pairs"),
+        "shard count": shard.count,
+    }
+
+
+def _device_kind(device: Any) -> Any:
+    """`cuda:1` -> `cuda`: shards of one run differ in which GPU they used, not in its kind."""
+    return device.split(":")[0] if isinstance(device, str) else device
+
+
+def check_compatible(shards: Sequence[ShardRun]) -> None:
+    """Refuse shards mined with different settings, model, versions or decode path, naming the difference."""
+    first = _facts(shards[0])
+    for shard in shards[1:]:
+        facts = _facts(shard)
+        for key, value in first.items():
+            if facts[key] != value:
+                detail = value
+                if isinstance(value, dict) and isinstance(facts[key], dict):
+                    diff = sorted(k for k in set(value) | set(facts[key]) if value.get(k) != facts[key].get(k))
+                    detail = {k: (value.get(k), facts[key].get(k)) for k in diff}
+                raise MiningError(f"cannot merge {shards[0].path} and {shard.path}: different {key} {detail}")
+    seen: dict[int, Path] = {}
+    for shard in shards:
+        if shard.index in seen:
+            raise MiningError(f"{seen[shard.index]} and {shard.path} are both shard {shard.index}/{shard.count}")
+        seen[shard.index] = shard.path
+
+
+def _problems_file(shards: Sequence[ShardRun], override: str | Path | None) -> Path:
+    recorded = (shards[0].last_session.get("options") or {}).get("problems")
+    path = Path(override or recorded or "")
+    if not path.is_file():
+        raise MiningError(f"the shards' problem file {path} is not found here; pass --problems PATH")
+    wanted = (shards[0].manifest.get("settings") or {}).get("problems_sha256")
+    if problems_sha256(path) != wanted:
+        raise MiningError(f"{path} is not the problem file the shards were mined on (sha256 differs)")
+    return path
+
+
+def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_path: str | Path | None = None,
+                 partial: bool = False, argv: Sequence[str] = ()) -> MergeReport:
+    """Write `out` as one process mining the shards' problems in file order would have; idempotent."""
+    out = Path(out)
+    if not shard_dirs:
+        raise MiningError("merge needs at least one shard directory")
+    shards = sorted((read_shard(Path(d)) for d in shard_dirs), key=lambda s: s.index)
+    check_compatible(shards)
+    count = shards[0].count
+    present = {shard.index: shard for shard in shards}
+    problems = load_problems(_problems_file(shards, problems_path))
+    settings = shards[0].manifest["settings"]
+    schedule = settings["schedule"]
+    min_pairs = _facts(shards[0])["min_pairs"] or 20
+    pair_unparsed, strict = bool(settings.get("pair_unparsed")), bool(settings.get("strict_format"))
+
+    by_problem: dict[str, list[RunRecord]] = {}
+    for shard in shards:
+        for line in shard.lines:
+            by_problem.setdefault(line.record.id, []).append(line.record)
+
+    chosen: list[bytes] = []
+    records: list[RunRecord] = []
+    pairs_found, missing, dropped, processed = 0, [], [], 0
+    stopped = False
+    for problem in problems:
+        attempts = sorted(by_problem.get(problem.id, []), key=lambda r: r.attempt)
+        if stopped or pairs_found >= min_pairs:
+            stopped = True
+            if attempts:
+                dropped.append(problem.id)
+            continue
+        index = shard_index(problem.id, count)
+        paired = artifacts.find_pair(attempts, pair_unparsed) is not None
+        complete = paired or len(attempts) >= len(schedule)
+        if index not in present or not complete:
+            where = f"shard {index}/{count} " + ("is not given" if index not in present else
+                                                  f"({present[index].path}) has {len(attempts)} of its attempts")
+            missing.append(f"{problem.id}: {where}")
+            if not partial:
+                raise MiningError(f"shard {index}/{count} is not finished: {problem.id} has "
+                                  f"{len(attempts)} attempts and no pair; resume that shard, or merge with --partial"
+                                  if index in present else f"shard {index}/{count} is missing ({problem.id}); "
+                                  "give every shard's directory, or merge with --partial")
+            stopped = True
+            continue
+        processed += 1
+        if [r.attempt for r in attempts] != list(range(len(attempts))):
+            raise MiningError(f"{problem.id}: shard {index}/{count} has attempts {[r.attempt for r in attempts]}")
+        for record in attempts:
+            chosen.append(present[index].raw[(record.id, record.attempt)])
+            records.append(record)
+        pairs_found += int(paired)
+
+    out.mkdir(parents=True, exist_ok=True)
+    with outdir_lock(out):
+        existing = out / artifacts.MANIFEST_FILE
+        if existing.exists() and "merge" not in artifacts.load_manifest(out):
+            raise MiningError(f"{out} holds a mining run, not a merge; merge into a new directory")
+        runs_bytes = b"".join(chosen)
+        tmp = out / (artifacts.RUNS_FILE + ".tmp")
+        tmp.write_bytes(runs_bytes)
+        tmp.replace(out / artifacts.RUNS_FILE)
+        offsets, position = [], 0
+        for line in chosen:
+            offsets.append(position)
+            position += len(line)
+        questions = {p.id: p.question for p in problems}
+        run_lines = [RunLine(offset, record) for offset, record in zip(offsets, records)]
+        tally = artifacts.RunTally(run_lines, questions, pair_unparsed, strict)
+        artifacts.write_derived(out, tally.pairs, tally.summary())
+        manifest = {
+            "settings": {**settings, "shard": None},
+            "model": shards[0].manifest.get("model"),
+            "sessions": [dict(session, shard=f"{s.index}/{s.count}") for s in shards
+                         for session in s.manifest.get("sessions") or []],
+            "shards": [_shard_entry(shard) for shard in shards],
+            "merge": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv),
+                      "problems": processed, "attempts": len(records), "pairs": len(tally.pairs),
+                      "dropped_problems": dropped, "partial": partial, "missing": missing},
+        }
+        artifacts.write_json(existing, manifest)
+    return MergeReport(processed, len(records), len(tally.pairs), dropped, missing)
+
+
+def _shard_entry(shard: ShardRun) -> dict[str, Any]:
+    session = shard.last_session
+    environment = session.get("environment") or {}
+    ids = list(dict.fromkeys(line.record.id for line in shard.lines))
+    return {"shard": f"{shard.index}/{shard.count}", "dir": str(shard.path.resolve()),
+            "host": environment.get("platform"), "gpu": environment.get("gpu"), "argv": session.get("argv"),
+            "versions": environment.get("versions"), "problems_mined": len(ids),
+            "first_problem": ids[0] if ids else None, "last_problem": ids[-1] if ids else None,
+            "attempts": len(shard.lines)}
+
+
+def merged_summary_line(report: MergeReport) -> str:
+    """One line saying what the merge holds and left out."""
+    text = f"merged {report.problems} problems, {report.attempts} attempts, {report.pairs} pairs"
+    if report.dropped_problems:
+        text += (f"; {len(report.dropped_problems)} problems mined by shards after the point where one process "
+                 "would have stopped are left out")
+    if report.missing:
+        text += f"; partial: {len(report.missing)} problems missing ({report.missing[0]} ...)"
+    return text

@@ -1,0 +1,1 @@
+"""Loading a model behind one record (`LoadedModel`), on either TransformerLens backend."""

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cot_patching.runs import artifacts
+from cot_patching.models.backends import resolve_backend
+from cot_patching.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _problems(tmp_path, n=1):
+    path = tmp_path / "problems.json"
+    path.write_text(json.dumps([
+        {"id": f"c{i}", "question": f"Ann has {i} pens and buys 2 more. How many pens?", "gold_answer": str(i + 2)}
+        for i in range(n)
+    ]))
+    return path
+
+
+def _mine(args):
+    return runner.invoke(app, ["mine", "--no-progress", *args])
+
+
+def test_mine_then_reproduce_on_a_local_model_directory(tiny_dir, tmp_path):
+    outdir = tmp_path / "out"
+    result = _mine(["--problems", str(_problems(tmp_path, 2)), "--model", str(tiny_dir), "--outdir", str(outdir),
+                    "--max-tries", "3", "--max-new-tokens", "12", "--min-pairs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "problems processed" in result.output
+    for name in ("runs.jsonl", "pairs.jsonl", "pairs_summary.csv", "summary.json", "manifest.json"):
+        assert (outdir / name).is_file(), name
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    assert manifest["settings"]["schedule"] == [0.0, 0.9, 0.9]
+    assert manifest["settings"]["backend"] == manifest["model"]["backend"] == resolve_backend(None)
+    assert manifest["model"]["tokenizer_sha256"] and manifest["sessions"][0]["environment"]["versions"]["torch"]
+    replay = runner.invoke(app, ["reproduce", "--outdir", str(outdir), "--id", "c1", "--attempt", "2"])
+    assert replay.exit_code == 0, replay.output
+    assert "MATCH (12/12 tokens)" in replay.output
+    n_runs = len(artifacts.read_runs(outdir / "runs.jsonl"))
+    replay = runner.invoke(app, ["reproduce", "--outdir", str(outdir), "--all-runs"])
+    assert replay.exit_code == 0 and f"{n_runs}/{n_runs} attempts reproduced exactly" in replay.output, replay.output
+    # --all-pairs replays both refs of each pair line
+    runs = artifacts.read_runs(outdir / "runs.jsonl")
+    pair = {"id": "c0", "problem": "", "gold_answer": "2", "n_attempts": 2,
+            "correct_ref": {"attempt": 0, "runs_offset": runs[0].offset},
+            "incorrect_ref": {"attempt": 1, "runs_offset": runs[1].offset},
+            "steps_selected": {"early": {"from": "correct", "step_idx": 1}, "late": {"from": "correct", "step_idx": 1}},
+            "decode_config": {}}
+    (outdir / "pairs.jsonl").write_text(json.dumps(pair) + "\n")
+    replay = runner.invoke(app, ["reproduce", "--outdir", str(outdir), "--all-pairs"])
+    assert replay.exit_code == 0 and "2/2 attempts reproduced exactly" in replay.output, replay.output
+
+
+def test_reproduce_fails_on_a_tampered_run(tiny_dir, tmp_path):
+    outdir = tmp_path / "out"
+    assert _mine(["--problems", str(_problems(tmp_path)), "--model", str(tiny_dir), "--outdir", str(outdir),
+                  "--max-tries", "2", "--max-new-tokens", "8"]).exit_code == 0
+    lines = (outdir / "runs.jsonl").read_text().splitlines()
+    record = json.loads(lines[1])
+    record["token_ids"][3] += 1
+    lines[1] = json.dumps(record)
+    (outdir / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    replay = runner.invoke(app, ["reproduce", "--outdir", str(outdir), "--id", "c0", "--attempt", "1"])
+    assert replay.exit_code == 1 and "MISMATCH at token 3" in replay.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--problems", "missing.json"], "problems file not found"),
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--model", "./nowhere/model.gguf"], "does not exist"),
+    (["--temperature-seq", "0.5,x"], "not a comma-separated list"),
+    (["--top-p", "1.5"], "top_p must be a number in (0, 1]"),
+    (["--max-tries", "0"], "--max-tries must be >= 1"),
+])
+def test_bad_input_one_line_no_traceback_nothing_written(tmp_path, args, message):
+    problems = _problems(tmp_path)
+    outdir = tmp_path / "out"
+    full = ["--problems", str(problems), "--model", "embedded", "--outdir", str(outdir), *args]
+    result = subprocess.run([sys.executable, "-m", "cot_patching.cli", "mine", *full], capture_output=True,
+                            text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not outdir.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "is not valid JSON"),
+    ('[{"id": "a", "question": "q"}]', "missing field(s) gold_answer"),
+    ('[{"id": "a", "question": "q", "gold_answer": "5"}, {"id": "a", "question": "r", "gold_answer": "6"}]',
+     "duplicate id 'a'"),
+    ('[{"id": "a", "question": "q", "gold_answer": "five"}]', "'five' is not numeric"),
+])
+def test_bad_problem_files_one_line_nothing_written(tmp_path, content, message):
+    problems = tmp_path / "bad.json"
+    problems.write_text(content)
+    outdir = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "cot_patching.cli", "mine", "--problems", str(problems),
+                             "--model", "embedded", "--outdir", str(outdir)], capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not outdir.exists()
+
+
+def test_cache_activations_command(tiny_dir, tmp_path):
+    from cot_patching.activations.cache import load_activations
+    from cot_patching.models.loading import load_model
+
+    from helpers import mine_scripted_pairs
+
+    results = tmp_path / "results"
+    mine_scripted_pairs(load_model(str(tiny_dir), device="cpu"), results, n=2)
+    args = ["cache-activations", "--results", str(results), "--layers", "0,1", "--hooks", "resid_pre,resid_post",
+            "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "cached 2 pairs, 0 already cached" in result.output, result.output
+    store = load_activations(results / "activations")
+    assert len(store) == 2 * 2 * 2 * 2 * 2 and store.config["model"] == str(tiny_dir)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "cached 0 pairs, 2 already cached" in result.output
+    result = runner.invoke(app, [*args[:3], "--layers", "7", "--no-progress"])
+    assert result.exit_code == 2 and "the model has layers 0..1" in result.output
+
+
+def test_outdir_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    result = _mine(["--problems", str(_problems(tmp_path)), "--model", "embedded", "--outdir", str(target)])
+    assert result.exit_code == 2 and "not a directory" in result.output
+    assert target.read_text() == "keep me"
+
+
+def test_config_supplies_defaults_and_flags_override(tmp_path):
+    from cot_patching.cli.mine import merge_options
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model: embedded\nmax-tries: 3\ntemperature_seq: [0.0, 0.7]\n")
+    options = merge_options({"max_tries": 5, "top_p": None}, str(config))
+    assert (options.model, options.max_tries, options.temperature_seq, options.top_p) == ("embedded", 5, "0.0,0.7", 0.95)
+    config.write_text("bogus: 1\n")
+    with pytest.raises(ValueError, match="unknown option"):
+        merge_options({}, str(config))
+
+
+def test_committed_configs_are_valid():
+    from cot_patching.cli.mine import merge_options
+
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        merge_options({}, str(path))
+
+
+def test_build_sample_is_deterministic(tmp_path):
+    out = tmp_path / "s.json"
+    result = runner.invoke(app, ["build-sample", "--out", str(out), "--n", "60"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == (REPO / "data" / "problems.sample.json").read_bytes()
+
+
+def test_mine_pairs_script_takes_the_seed_flags():
+    result = subprocess.run([sys.executable, str(REPO / "mine_pairs.py"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for flag in ("--problems", "--model", "--outdir", "--max-tries", "--min-pairs", "--temperature-seq",
+                 "--top-p", "--max-new-tokens", "--config"):
+        assert flag in result.stdout

@@ -1,0 +1,61 @@
+"""The import order (pyproject's import-linter contract) and the lint gate hold; an upward import is caught."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    script = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True)
+
+
+def test_import_layers_are_kept():
+    result = _lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 kept, 0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    shutil.copytree(REPO / "cot_patching", tmp_path / "cot_patching")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    parsing = tmp_path / "cot_patching" / "traces" / "parsing.py"
+    parsing.write_text(parsing.read_text() + "\nfrom cot_patching.mining import miner  # noqa: E402,F401\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "cot_patching.traces.parsing -> cot_patching.mining.miner" in result.stdout, result.stdout
+
+
+def test_an_upward_import_inside_a_part_breaks_the_contract(tmp_path):
+    shutil.copytree(REPO / "cot_patching", tmp_path / "cot_patching")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    sharding = tmp_path / "cot_patching" / "mining" / "sharding.py"
+    sharding.write_text(sharding.read_text() + "\nfrom cot_patching.mining import merge  # noqa: E402,F401\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "modules inside a part: each imports only modules below it BROKEN" in result.stdout, result.stdout
+    assert "cot_patching.mining.sharding -> cot_patching.mining.merge" in result.stdout, result.stdout
+
+
+def test_the_report_may_not_reach_a_model_even_indirectly(tmp_path):
+    """The report sits above the experiments in the layers, yet the forbidden contract stops a path to models."""
+    shutil.copytree(REPO / "cot_patching", tmp_path / "cot_patching")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    data = tmp_path / "cot_patching" / "report" / "data.py"
+    data.write_text(data.read_text() + "\nfrom cot_patching.experiments import study  # noqa: E402,F401\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "the report imports nothing that loads or runs a model BROKEN" in result.stdout, result.stdout
+
+
+def test_ruff_passes():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "cot_patching", "tests", "bench"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
