@@ -29,7 +29,8 @@ import torch
 
 from bench.common import random_llama31_8b, random_llama31_8b_hf, synchronize
 from cot_patching.runs import artifacts
-from cot_patching.mining.miner import MineSettings, mine
+from cot_patching.mining.miner import mine
+from cot_patching.mining.settings import MineSettings
 from cot_patching.models.loading import EMBEDDED, LoadedModel, load_hf_model, load_model, resolve_model
 from cot_patching.problems import Problem, load_problems
 from cot_patching.traces.prompt import build_prompt, encode_prompt

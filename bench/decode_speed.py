@@ -145,7 +145,8 @@ def run_decode(model: LoadedModel, repeats: int, new_tokens: int, device_name: s
 
 
 def run_mining(n_problems: int, max_tries: int, new_tokens: int) -> None:
-    from cot_patching.mining.miner import MineSettings, mine
+    from cot_patching.mining.miner import mine
+    from cot_patching.mining.settings import MineSettings
     from cot_patching.problems import deterministic_sample, read_gsm8k
 
     model = load_model("embedded", device="cpu")

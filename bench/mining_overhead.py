@@ -15,7 +15,8 @@ from types import SimpleNamespace
 from typing import Any
 
 
-from cot_patching.mining.miner import MineSettings, mine
+from cot_patching.mining.miner import mine
+from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.decoding.sampling import Generation, attempt_seed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,76 +12,9 @@ import typer
 import yaml
 
 from cot_patching.cli.errors import clear_errors
+from cot_patching.mining.settings import OPTION_DEFAULTS, MineOptions
 
-DEFAULTS: dict[str, Any] = {
-    "problems": "data/problems.sample.json",
-    "model": "meta-llama/Llama-3.1-8B-Instruct",
-    "outdir": "results/",
-    "max_tries": 8,
-    "min_pairs": 20,
-    "temperature_seq": "0.0,0.9,1.0,0.7,0.5",
-    "top_p": 0.95,
-    "max_new_tokens": 256,
-    "device": None,
-    "dtype": "auto",
-    "load_in_4bit": False,
-    "strict_format": False,
-    "pair_unparsed": False,
-    "backend": "auto",
-    "shard": None,
-    "batch_size": 1,
-}
-
-
-@dataclass(frozen=True)
-class MineOptions:
-    """The mine command's options after CLI flags, `--config` and defaults are merged."""
-
-    problems: str
-    model: str
-    outdir: str
-    max_tries: int
-    min_pairs: int
-    temperature_seq: str
-    top_p: float
-    max_new_tokens: int
-    device: str | None
-    dtype: str
-    load_in_4bit: bool
-    strict_format: bool
-    pair_unparsed: bool
-    backend: str
-    shard: str | None = None
-    batch_size: int = 1
-
-    def __post_init__(self) -> None:
-        from cot_patching.decoding.sampling import DecodeConfig, parse_temperature_seq
-
-        for f in fields(self):
-            value, kinds = getattr(self, f.name), _OPTION_TYPES[f.name]
-            if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
-                wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-                raise ValueError(f"--{f.name.replace('_', '-')} must be {wanted}, got {value!r}")
-        if self.min_pairs < 1:
-            raise ValueError(f"--min-pairs must be >= 1, got {self.min_pairs}")
-        if self.max_tries < 1:
-            raise ValueError(f"--max-tries must be >= 1, got {self.max_tries}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        parse_temperature_seq(self.temperature_seq)
-        DecodeConfig(0.0, self.top_p, self.max_new_tokens)
-        if self.shard is not None:
-            from cot_patching.mining.sharding import parse_shard
-
-            parse_shard(self.shard)
-
-
-_OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "problems": (str,), "model": (str,), "outdir": (str,), "max_tries": (int,), "min_pairs": (int,),
-    "temperature_seq": (str,), "top_p": (int, float), "max_new_tokens": (int,), "device": (str, type(None)),
-    "dtype": (str,), "load_in_4bit": (bool,), "strict_format": (bool,), "pair_unparsed": (bool,), "backend": (str,),
-    "shard": (str, type(None)), "batch_size": (int,),
-}
+DEFAULTS = OPTION_DEFAULTS  # a short name for the help texts below; the defaults themselves are MineOptions' fields
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -115,17 +48,17 @@ def merge_options(cli: dict[str, Any], config_path: str | None) -> MineOptions:
 
 
 def mine_command(
-    problems: Optional[str] = typer.Option(None, help="Problems JSON file.  [default: data/problems.sample.json]"),
-    model: Optional[str] = typer.Option(None, help="Hub id, local HF dir, .gguf file, or 'embedded'.  [default: meta-llama/Llama-3.1-8B-Instruct]"),
-    outdir: Optional[str] = typer.Option(None, help="Output directory.  [default: results/]"),
-    max_tries: Optional[int] = typer.Option(None, help="Attempts per problem at most.  [default: 8]"),
-    min_pairs: Optional[int] = typer.Option(None, help="Stop once this many pairs are found.  [default: 20]"),
-    temperature_seq: Optional[str] = typer.Option(None, help="T=0 once, each non-zero T twice.  [default: 0.0,0.9,1.0,0.7,0.5]"),
-    top_p: Optional[float] = typer.Option(None, help="Nucleus mass.  [default: 0.95]"),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Tokens per attempt at most.  [default: 256]"),
+    problems: Optional[str] = typer.Option(None, help=f"Problems JSON file.  [default: {DEFAULTS['problems']}]"),
+    model: Optional[str] = typer.Option(None, help=f"Hub id, local HF dir, .gguf file, or 'embedded'.  [default: {DEFAULTS['model']}]"),
+    outdir: Optional[str] = typer.Option(None, help=f"Output directory.  [default: {DEFAULTS['outdir']}]"),
+    max_tries: Optional[int] = typer.Option(None, help=f"Attempts per problem at most.  [default: {DEFAULTS['max_tries']}]"),
+    min_pairs: Optional[int] = typer.Option(None, help=f"Stop once this many pairs are found.  [default: {DEFAULTS['min_pairs']}]"),
+    temperature_seq: Optional[str] = typer.Option(None, help=f"T=0 once, each non-zero T twice.  [default: {DEFAULTS['temperature_seq']}]"),
+    top_p: Optional[float] = typer.Option(None, help=f"Nucleus mass.  [default: {DEFAULTS['top_p']}]"),
+    max_new_tokens: Optional[int] = typer.Option(None, help=f"Tokens per attempt at most.  [default: {DEFAULTS['max_new_tokens']}]"),
     config: Optional[str] = typer.Option(None, help="YAML file of defaults for these options."),
     device: Optional[str] = typer.Option(None, help="cuda, cuda:1, cpu.  [default: cuda if available]"),
-    dtype: Optional[str] = typer.Option(None, help="auto, bf16, fp16, fp32.  [default: auto]"),
+    dtype: Optional[str] = typer.Option(None, help=f"auto, bf16, fp16, fp32.  [default: {DEFAULTS['dtype']}]"),
     load_in_4bit: Optional[bool] = typer.Option(None, "--load-in-4bit", help="4-bit weights (bitsandbytes, CUDA)."),
     strict_format: Optional[bool] = typer.Option(None, "--strict-format", help="Accept only the seed regexes."),
     pair_unparsed: Optional[bool] = typer.Option(None, "--pair-unparsed", help="Let an unparsed attempt be the incorrect member."),
@@ -134,7 +67,7 @@ def mine_command(
                                         "id); merge the N outdirs with `cot-patching merge`."),
     batch_size: Optional[int] = typer.Option(None, help="Attempts decoded per forward: the next attempt of the first N "
                                              "problems still due, each replayable in its slot (bridge backend). "
-                                             " [default: 1]"),
+                                             f" [default: {DEFAULTS['batch_size']}]"),
     devices: Optional[str] = typer.Option(None, help="cuda:0,cuda:1,... or all: one worker process per device, each "
                                           "a shard in OUTDIR/shards/, merged into OUTDIR at the end."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run in --outdir."),
@@ -195,9 +128,6 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
     from cot_patching.models.backends import AUTO, resolve_backend
     from cot_patching.models.loading import load_model, resolve_model
     from cot_patching.problems import load_problems
-    from cot_patching.decoding.sampling import parse_temperature_seq
-
-    temperature_seq = parse_temperature_seq(options.temperature_seq)
     problems = load_problems(options.problems)
     if options.shard is not None:
         from cot_patching.mining.sharding import parse_shard, shard_problems
@@ -205,19 +135,7 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
         problems = shard_problems(problems, parse_shard(options.shard))
     resumed_backend = None if overwrite else artifacts.recorded_backend(Path(options.outdir))
     backend = resolve_backend(resumed_backend if options.backend == AUTO and resumed_backend else options.backend)
-    settings = miner.MineSettings(
-        model=options.model,
-        problems_sha256=miner.problems_sha256(options.problems),
-        temperature_seq=temperature_seq,
-        max_tries=options.max_tries,
-        top_p=options.top_p,
-        max_new_tokens=options.max_new_tokens,
-        strict_format=options.strict_format,
-        pair_unparsed=options.pair_unparsed,
-        backend=backend,
-        shard=options.shard,
-        batch_size=options.batch_size,
-    )
+    settings = options.settings(miner.problems_sha256(options.problems), backend)
     resolve_model(options.model)
     miner.check_outdir(Path(options.outdir), settings, overwrite)
     loaded = load_model(options.model, device=options.device, dtype=options.dtype,

@@ -11,12 +11,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-DEFAULT_TEMPERATURE_SEQ = (0.0, 0.9, 1.0, 0.7, 0.5)
-DEFAULT_MAX_TRIES = 8
-DEFAULT_TOP_P = 0.95
-DEFAULT_MAX_NEW_TOKENS = 256
-
-
 def attempt_seed(problem_id: str, attempt_index: int) -> int:
     """The SPEC seed: first 8 bytes of sha256("{problem_id}:{attempt_index}"), as a 63-bit int."""
     digest = hashlib.sha256(f"{problem_id}:{attempt_index}".encode()).digest()
@@ -65,8 +59,8 @@ class DecodeConfig:
     """How one attempt is decoded."""
 
     temperature: float
-    top_p: float = DEFAULT_TOP_P
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    top_p: float
+    max_new_tokens: int
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature)

@@ -6,7 +6,7 @@ import fcntl
 import hashlib
 import os
 import socket
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -14,69 +14,19 @@ from contextlib import contextmanager
 
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
-from cot_patching.models.backends import BACKENDS, BRIDGE
+from cot_patching.models.backends import BRIDGE
 from cot_patching.problems import Problem
-from cot_patching.traces.prompt import PROMPT_TEMPLATE_SHA256, EncodedPrompt, build_prompt, encode_prompt
-from cot_patching.mining.sharding import parse_shard
+from cot_patching.traces.prompt import EncodedPrompt, build_prompt, encode_prompt
 from cot_patching.decoding.batched import (
     BatchLayout, BatchRow, cache_len_for, largest_batch_size, sample_batch, slot_bytes,
 )
-from cot_patching.decoding.sampling import (
-    DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TRIES, DEFAULT_TEMPERATURE_SEQ, DEFAULT_TOP_P,
-    DecodeConfig, Generation, attempt_seed, sample, temperature_schedule,
-)
-from cot_patching.traces.analysis import TRACE_RULES_VERSION, analyze_trace
-
-
-# Settings added after runs were first written, with the value every earlier run had.
-SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"backend": BRIDGE, "trace_rules_version": 1, "batch_size": 1}
+from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample
+from cot_patching.mining.settings import SETTINGS_BEFORE_RECORDED, MineSettings
+from cot_patching.traces.analysis import analyze_trace
 
 
 class MiningError(RuntimeError):
     """A mining run that cannot start or continue as asked."""
-
-
-@dataclass(frozen=True)
-class MineSettings:
-    """Everything that decides what a mining run writes; a resumed run must match it exactly."""
-
-    model: str
-    problems_sha256: str
-    temperature_seq: tuple[float, ...] = DEFAULT_TEMPERATURE_SEQ
-    max_tries: int = DEFAULT_MAX_TRIES
-    top_p: float = DEFAULT_TOP_P
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    strict_format: bool = False
-    pair_unparsed: bool = False
-    prompt_template_sha256: str = PROMPT_TEMPLATE_SHA256
-    backend: str | None = None  # the TransformerLens class that decodes (None: the model's); replays use the same
-    trace_rules_version: int = TRACE_RULES_VERSION  # parsing/scoring/span rules the labels were made with
-    shard: str | None = None  # "K/N": this run mines shard K of N of the problem file (`cot_patching.mining.sharding`)
-    batch_size: int = 1  # attempts decoded per forward (`decoding.batched`); 1 is the seed protocol's one at a time
-
-    def __post_init__(self) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if self.backend is not None and self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; choose {', '.join(BACKENDS)}")
-        temperature_schedule(self.temperature_seq, self.max_tries)
-        DecodeConfig(0.0, self.top_p, self.max_new_tokens)
-        if any(t < 0 for t in self.temperature_seq):
-            raise ValueError("temperatures must be >= 0")
-        if self.shard is not None:
-            parse_shard(self.shard)
-
-    @property
-    def schedule(self) -> list[float]:
-        """The temperature of each attempt index."""
-        return temperature_schedule(self.temperature_seq, self.max_tries)
-
-    def to_json(self) -> dict[str, Any]:
-        """The settings as recorded in the manifest."""
-        data = asdict(self)
-        data["temperature_seq"] = list(self.temperature_seq)
-        data["schedule"] = self.schedule
-        return data
 
 
 def problems_sha256(path: str | Path) -> str:

@@ -19,7 +19,8 @@ from typing import Any
 
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
-from cot_patching.mining.miner import SETTINGS_BEFORE_RECORDED, outdir_lock
+from cot_patching.mining.miner import outdir_lock
+from cot_patching.mining.settings import SETTINGS_BEFORE_RECORDED
 from cot_patching.traces.prompt import question_of
 from cot_patching.decoding.sampling import temperature_schedule
 from cot_patching.traces.analysis import TRACE_RULES_VERSION, analyze_trace

@@ -27,14 +27,23 @@ class TokenOffsets:
 
     @classmethod
     def build(cls, tokenizer: Decoder, token_ids: Sequence[int]) -> TokenOffsets:
-        """Decode every prefix of `token_ids` once and record how far each reaches."""
-        text = decode_tokens(tokenizer, token_ids)
+        """Record how far each prefix's text reaches, decoding a few tokens per prefix (O(n) decodes of O(1) tokens).
+
+        The text of prefix k is assembled as the text of the last prefix j that ended on a whole character plus what
+        tokens j..k add, decoded in a window that starts `CONTEXT_TOKENS` before j (so a tokenizer's rule for the
+        first token of a text, such as dropping a leading space, applies to the same token as in a full decode). If
+        the assembled text of the whole trace is not the trace's text, every prefix is decoded in full instead.
+        """
+        ids = list(token_ids)
+        text = decode_tokens(tokenizer, ids)
+        pieces = _assembled_prefixes(tokenizer, ids, text)
+        if pieces is None:
+            pieces = [(0, decode_tokens(tokenizer, ids[:k])) for k in range(1, len(ids) + 1)]
         covered, clean = [0], [True]
-        for k in range(1, len(token_ids) + 1):
-            prefix = decode_tokens(tokenizer, token_ids[:k])
-            n = _common_prefix_length(prefix, text)
+        for base, tail in pieces:
+            n = base + _common_prefix_length(tail, text[base:])
             covered.append(n)
-            clean.append(n == len(prefix))
+            clean.append(n == base + len(tail))
         return cls(text=text, covered=covered, clean=clean)
 
     def span(self, char_start: int, char_end: int) -> tuple[int, int]:
@@ -53,6 +62,33 @@ class TokenOffsets:
         if tok_end is None:
             raise ValueError(f"char span [{char_start}, {char_end}) is not covered by the tokens")
         return tok_start, tok_end
+
+
+CONTEXT_TOKENS = 4  # tokens decoded before each window, so that the window's first-token rules fall on them
+MAX_PENDING = 8  # tokens a window may grow while the prefix text ends inside a character; then it is taken as is
+
+
+def _assembled_prefixes(tokenizer: Decoder, ids: list[int], text: str) -> list[tuple[int, str]] | None:
+    """For each prefix k >= 1: (length of the text of the last whole-character prefix j, what tokens j..k add), so
+    that the text of prefix k is text[:base] + tail; None when the pieces do not reassemble `text`."""
+    pieces: list[tuple[int, str]] = []
+    assembled, stable = "", 0
+    before_stable, before = 0, ""  # the context's text, decoded again only when `stable` moves
+    for k in range(1, len(ids) + 1):
+        start = max(0, stable - CONTEXT_TOKENS)
+        if before_stable != stable:
+            before, before_stable = decode_tokens(tokenizer, ids[start:stable]), stable
+        window = decode_tokens(tokenizer, ids[start:k])
+        if not window.startswith(before):
+            return None
+        tail = window[len(before):]
+        pieces.append((len(assembled), tail))
+        if not tail.endswith("\ufffd") or k - stable >= MAX_PENDING:
+            assembled += tail
+            stable = k
+    if pieces and text != assembled[:pieces[-1][0]] + pieces[-1][1]:
+        return None
+    return pieces
 
 
 def _common_prefix_length(a: str, b: str) -> int:

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from cot_patching.runs import artifacts
-from cot_patching.mining.miner import MineSettings, mine
+from cot_patching.mining.miner import mine
+from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 
 from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler

@@ -167,7 +167,8 @@ def test_a_folder_that_is_not_a_cache_is_refused_with_or_without_overwrite(tiny,
 
 
 def test_mine_overwrite_refuses_a_run_whose_activations_folder_holds_foreign_files(tiny, tmp_path):
-    from cot_patching.mining.miner import MineSettings, mine
+    from cot_patching.mining.miner import mine
+    from cot_patching.mining.settings import MineSettings
 
     run = tmp_path / "run"
     mine_scripted_pairs(tiny, run, n=1)

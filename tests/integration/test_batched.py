@@ -18,7 +18,8 @@ from cot_patching.decoding.batched import (
     BatchedDecoder, BatchLayout, BatchRow, RowSampling, cache_len_for, choose_next_tokens, sample_batch,
 )
 from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample
-from cot_patching.mining.miner import MineSettings, MiningError, mine
+from cot_patching.mining.miner import MiningError, mine
+from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.decoding.replay import replay_attempt
 from cot_patching.mining.validate import validate_outdir

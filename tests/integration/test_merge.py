@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from cot_patching.mining.merge import merge_shards
-from cot_patching.mining.miner import MineSettings, MiningError, mine, problems_sha256
+from cot_patching.mining.miner import MiningError, mine, problems_sha256
+from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.mining.sharding import Shard, parse_shard, shard_index, shard_problems
 

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from cot_patching.runs import artifacts
-from cot_patching.mining.miner import MineSettings, MiningError, mine
+from cot_patching.mining.miner import MiningError, mine
+from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.decoding.sampling import attempt_seed
 

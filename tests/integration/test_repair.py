@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from cot_patching.runs import artifacts
-from cot_patching.mining.miner import MineSettings, MiningError, mine, run_attempt
+from cot_patching.mining.miner import MiningError, mine, run_attempt
+from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.traces.prompt import build_prompt, encode_prompt
 from cot_patching.mining.repair import repair_run

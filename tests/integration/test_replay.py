@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 
 from cot_patching.runs import artifacts
-from cot_patching.mining.miner import MineSettings, mine
+from cot_patching.mining.miner import mine
+from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.decoding.replay import replay_attempt
 

@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from cot_patching.mining.miner import MineSettings, mine
+from cot_patching.mining.miner import mine
+from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.report import load_run_view, render_report, write_report
 from cot_patching.report.render import safe_json

@@ -34,7 +34,7 @@ def test_bad_temperature_seq(bad):
                                     {"temperature": 1, "top_p": 1.5}, {"temperature": 1, "max_new_tokens": 0}])
 def test_decode_config_validation(kwargs):
     with pytest.raises(ValueError):
-        DecodeConfig(**kwargs)
+        DecodeConfig(**{"temperature": 1, "top_p": 0.95, "max_new_tokens": 8, **kwargs})
 
 
 def test_greedy_is_argmax():
@@ -102,7 +102,7 @@ class FixedLogits:
 
 
 def test_stops_at_end_of_turn_and_keeps_it():
-    generation = sample(FixedLogits(token=3, stop_token_ids=frozenset({3})), [1], DecodeConfig(0.0), 0)
+    generation = sample(FixedLogits(token=3, stop_token_ids=frozenset({3})), [1], DecodeConfig(0.0, 0.95, 256), 0)
     assert generation.token_ids == [3] and generation.finish_reason == "stop"
 
 

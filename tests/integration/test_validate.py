@@ -126,7 +126,8 @@ def test_cli_validate_exit_codes(tiny_dir, tmp_path):
 
 
 def test_interrupted_run_mid_problem_is_still_consistent(tiny, tmp_path):
-    from cot_patching.mining.miner import MineSettings, mine
+    from cot_patching.mining.miner import mine
+    from cot_patching.mining.settings import MineSettings
     from cot_patching.problems import Problem
 
     from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler

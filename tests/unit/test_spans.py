@@ -121,3 +121,52 @@ def test_decorated_and_indented_headers_span_from_first_non_whitespace(any_token
     char_spans = [(s.char_start, s.char_end) for s in parsed.steps]
     for (a, b), span in zip(char_spans, token_spans(any_tokenizer, ids, char_spans)):
         _check_minimal_cover(any_tokenizer, ids, decoded, a, b, span)
+
+
+def exhaustive_offsets(tokenizer, ids) -> TokenOffsets:
+    """The definition TokenOffsets implements: decode every prefix in full and compare it with the whole text."""
+    text = decode_tokens(tokenizer, ids)
+    covered, clean = [0], [True]
+    for k in range(1, len(ids) + 1):
+        prefix = decode_tokens(tokenizer, ids[:k])
+        n = next((i for i, (x, y) in enumerate(zip(prefix, text)) if x != y), min(len(prefix), len(text)))
+        covered.append(n)
+        clean.append(n == len(prefix))
+    return TokenOffsets(text=text, covered=covered, clean=clean)
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_offsets_equal_decoding_every_prefix_on_real_tokenizers(any_tokenizer, text):
+    ids = any_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert TokenOffsets.build(any_tokenizer, ids) == exhaustive_offsets(any_tokenizer, ids)
+
+
+def test_offsets_equal_decoding_every_prefix_on_random_ids(any_tokenizer):
+    """Random ids split characters across tokens, mix in special tokens and byte tokens: the hard cases."""
+    rng = random.Random(7)
+    vocab = len(any_tokenizer)
+    for _ in range(40):
+        ids = [rng.randrange(vocab) for _ in range(rng.randrange(1, 40))]
+        assert TokenOffsets.build(any_tokenizer, ids) == exhaustive_offsets(any_tokenizer, ids), ids
+
+
+class StripFirstSpace:
+    """A toy tokenizer like SentencePiece's: token 0 is special (decodes to nothing), token 1 is " a", and a decoded
+    text loses its first leading space."""
+
+    def decode(self, token_ids, **kwargs):
+        text = "".join(" a" if t == 1 else "" for t in token_ids)
+        return text[1:] if text.startswith(" ") else text
+
+
+def test_offsets_fall_back_to_full_decodes_when_windows_disagree():
+    """Negative control: a window of only special tokens before " a" drops its space; the reassembled text then
+    differs from the full decode, and build decodes every prefix instead (without that check it would be wrong)."""
+    from cot_patching.traces.spans import _assembled_prefixes
+
+    ids = [1, 0, 0, 0, 0, 0, 1]
+    toy = StripFirstSpace()
+    assert decode_tokens(toy, ids) == "a a"
+    assert _assembled_prefixes(toy, ids, "a a") is None
+    assert TokenOffsets.build(toy, ids) == exhaustive_offsets(toy, ids)
+    assert TokenOffsets.build(toy, ids).covered == [0, 1, 1, 1, 1, 1, 1, 3]
