@@ -18,7 +18,6 @@ from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import LoadedPair, RunRecord
 from cot_patching.models.backends import BRIDGE
 from cot_patching.models.loading import file_sha256
-from cot_patching.traces.parsing import parse_trace, select_steps
 
 HOOKS = ("resid_pre", "resid_mid", "resid_post")
 TRACES = ("correct", "incorrect")
@@ -95,14 +94,10 @@ def steps_to_cache(pair: LoadedPair, trace: str, steps: str, strict_format: bool
     if steps == "all":
         chosen = [(f"step{idx}", idx) for idx in sorted(by_idx)]
     else:
-        if trace == "correct":
-            early = pair.pair.steps_selected["early"]["step_idx"]
-            late = pair.pair.steps_selected["late"]["step_idx"]
-        else:
-            selected = select_steps(parse_trace(record.text, strict=strict_format))
-            if selected is None:
-                return []
-            early, late = selected
+        selected = pair.selected_steps(trace, strict_format)
+        if selected is None:
+            return []
+        early, late = selected
         wanted = {"early": early, "late": late}
         chosen = [(label, wanted[label]) for label in steps.split(",")]
     return [SelectedStep(label, idx, by_idx[idx]["tok_start"], by_idx[idx]["tok_end"]) for label, idx in chosen]

@@ -305,6 +305,11 @@ def _check_pair(pair: PairRecord, number: int, by_offset: dict[int, RunRecord], 
             if expected != got:
                 found.append(Violation(artifacts.PAIRS_FILE, number,
                                        f"{pair.id}: steps_selected {got}, the rule gives {expected}"))
+        if role == "incorrect" and pair.incorrect_steps_selected is not None:
+            want = artifacts.steps_selected(record.text, "incorrect", bool(settings.get("strict_format")))
+            if want != pair.incorrect_steps_selected:
+                found.append(Violation(artifacts.PAIRS_FILE, number, f"{pair.id}: incorrect_steps_selected "
+                                       f"{pair.incorrect_steps_selected}, the rule gives {want}"))
 
 
 def _check_derived(root: Path, runs: list[RunLine], pairs: list[PairRecord]) -> list[Violation]:

@@ -12,7 +12,6 @@ from typing import Any
 
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import LoadedPair, RunRecord
-from cot_patching.traces.parsing import parse_trace, select_steps
 from cot_patching.traces.spans import Decoder, TokenOffsets
 
 PATCHING_DIR = "patching"
@@ -82,13 +81,9 @@ def char_chunks(record: RunRecord, selected: dict[int, str]) -> list[Chunk]:
 def selected_steps(pair: LoadedPair, which: str, strict: bool) -> dict[int, str]:
     """step_idx -> "early"/"late" for one trace: the pair's selection on the correct trace, the same rule on the
     incorrect one."""
-    if which == "correct":
-        chosen = (pair.pair.steps_selected["early"]["step_idx"], pair.pair.steps_selected["late"]["step_idx"])
-    else:
-        found = select_steps(parse_trace(pair.incorrect.text, strict=strict))
-        if found is None:
-            return {}
-        chosen = found
+    chosen = pair.selected_steps(which, strict)
+    if chosen is None:
+        return {}
     early, late = chosen
     return {early: "early/late"} if early == late else {early: "early", late: "late"}
 

@@ -124,9 +124,12 @@ class PairRecord:
     gold_answer: str
     correct_ref: dict[str, int]
     incorrect_ref: dict[str, int]
-    steps_selected: dict[str, dict[str, Any]]
+    steps_selected: dict[str, dict[str, Any]]  # the correct trace's early and late step
     decode_config: dict[str, Any]
     n_attempts: int
+    # The incorrect trace's early and late step by the same rule ({}: it has no steps); None in pairs written before
+    # pairs carried it (`LoadedPair.selected_steps` then applies the rule when the pair is loaded).
+    incorrect_steps_selected: dict[str, dict[str, Any]] | None = None
 
     def to_line(self) -> str:
         """One JSON line, newline-terminated."""
@@ -301,7 +304,7 @@ def pair_problem(data: Any) -> str | None:
     """What makes a parsed pairs.jsonl line not a pair record (None: nothing)."""
     if not isinstance(data, dict):
         return "not a JSON object"
-    missing = [f.name for f in fields(PairRecord) if f.name not in data]
+    missing = [f.name for f in fields(PairRecord) if f.name not in data and f.name != "incorrect_steps_selected"]
     if missing:
         return f"missing field(s) {', '.join(missing)}"
     if not isinstance(data["id"], str):
@@ -319,7 +322,23 @@ def pair_problem(data: Any) -> str | None:
         or not isinstance(selected[k].get("step_idx"), int) for k in ("early", "late")
     ):
         return "steps_selected must hold early and late, each with an integer step_idx"
+    incorrect = data.get("incorrect_steps_selected")
+    if incorrect is not None and (not isinstance(incorrect, dict) or (incorrect and any(
+        not isinstance(incorrect.get(k), dict) or isinstance(incorrect[k].get("step_idx"), bool)
+        or not isinstance(incorrect[k].get("step_idx"), int) for k in ("early", "late")
+    ))):
+        return "incorrect_steps_selected must be empty or hold early and late, each with an integer step_idx"
     return None
+
+
+def steps_selected(text: str, role: str, strict_format: bool = False) -> dict[str, dict[str, Any]]:
+    """A trace's early and late step by the selection rule (`select_steps`), as a pair record stores them; {} when
+    the trace has no steps."""
+    selected = select_steps(parse_trace(text, strict=strict_format))
+    if selected is None:
+        return {}
+    early, late = selected
+    return {"early": {"from": role, "step_idx": early}, "late": {"from": role, "step_idx": late}}
 
 
 def find_pair(attempts: Sequence[RunRecord], pair_unparsed: bool = False) -> tuple[int, int] | None:
@@ -350,20 +369,19 @@ def make_pair(
     if found is None:
         return None
     correct, incorrect = lines[found[0]], lines[found[1]]
-    selected = select_steps(parse_trace(correct.record.text, strict=strict_format))
-    if selected is None:
+    selected = steps_selected(correct.record.text, "correct", strict_format)
+    if not selected:
         raise ArtifactError(f"{problem_id} attempt {correct.record.attempt}: correct trace has no steps")
-    early, late = selected
     return PairRecord(
         id=problem_id,
         problem=question,
         gold_answer=correct.record.gold_answer,
         correct_ref={"attempt": correct.record.attempt, "runs_offset": correct.offset},
         incorrect_ref={"attempt": incorrect.record.attempt, "runs_offset": incorrect.offset},
-        steps_selected={"early": {"from": "correct", "step_idx": early},
-                        "late": {"from": "correct", "step_idx": late}},
+        steps_selected=selected,
         decode_config={"top_p": correct.record.top_p, "max_new_tokens": correct.record.max_new_tokens},
         n_attempts=len(lines),
+        incorrect_steps_selected=steps_selected(incorrect.record.text, "incorrect", strict_format),
     )
 
 
@@ -643,6 +661,16 @@ class LoadedPair:
         if which not in ("correct", "incorrect"):
             raise ValueError(f"trace must be 'correct' or 'incorrect', got {which!r}")
         return self.correct if which == "correct" else self.incorrect
+
+    def selected_steps(self, which: str, strict_format: bool = False) -> tuple[int, int] | None:
+        """(early, late) step_idx of the `correct` or `incorrect` trace; None when that trace has no steps.
+
+        Pairs written before pair records carried the incorrect trace's steps get them here, by the same rule
+        (`strict_format` as the run was mined)."""
+        selected = self.pair.steps_selected if which == "correct" else self.pair.incorrect_steps_selected
+        if selected is None:
+            selected = steps_selected(self.trace(which).text, which, strict_format)
+        return (selected["early"]["step_idx"], selected["late"]["step_idx"]) if selected else None
 
     def runs_offset(self, which: str) -> int:
         """Byte offset in runs.jsonl of the `correct` or `incorrect` run."""

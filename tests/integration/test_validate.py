@@ -73,6 +73,19 @@ def test_wrong_runs_offset_in_pairs(tiny, good):
     assert any(v.file == artifacts.PAIRS_FILE and v.line == 2 and "runs_offset" in v.message for v in violations)
 
 
+def test_a_wrong_selection_of_the_incorrect_traces_steps_is_reported(tiny, good):
+    path = good / artifacts.PAIRS_FILE
+    lines = path.read_text().splitlines()
+    pair = json.loads(lines[0])
+    assert pair["incorrect_steps_selected"], pair  # written when the pair was made
+    pair["incorrect_steps_selected"]["late"]["step_idx"] += 1
+    lines[0] = json.dumps(pair)
+    path.write_text("\n".join(lines) + "\n")
+    violations = validate_outdir(good, tiny.tokenizer)
+    assert any(v.file == artifacts.PAIRS_FILE and v.line == 1 and "incorrect_steps_selected" in v.message
+               for v in violations), [str(v) for v in violations]
+
+
 def test_csv_and_summary_inconsistencies(tiny, good):
     csv = good / artifacts.PAIRS_CSV
     csv.write_text(csv.read_text().replace("q1,2,", "q1,3,"))

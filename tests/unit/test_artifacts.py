@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 
 import pytest
 
@@ -51,3 +53,43 @@ def test_find_pair_needs_a_parsed_incorrect_attempt():
     assert find_pair(attempts) == (1, 2)
     assert find_pair(attempts[:2]) is None
     assert find_pair(attempts[:2], pair_unparsed=True) == (1, 0)
+
+
+WRONG_TRACE = "Step 1: Tom has 3 apples.\nStep 2: He buys 4 more, 3 * 4 = 12.\nFinal Answer: 12"
+RIGHT_TRACE = "Step 1: Tom has 3 apples.\nStep 2: He buys 4 more, 3 + 4 = 7.\nStep 3: Done.\nFinal Answer: 7"
+
+
+def _pair_lines(incorrect_text=WRONG_TRACE, parse_ok=True):
+    wrong = _record(attempt=0, correct=False, parse_ok=parse_ok, text=incorrect_text)
+    right = _record(attempt=1, correct=True, text=RIGHT_TRACE)
+    return [artifacts.RunLine(0, wrong), artifacts.RunLine(100, right)]
+
+
+def test_a_pair_record_carries_both_traces_selected_steps():
+    pair = artifacts.make_pair("p", _pair_lines(), "q")
+    assert pair.steps_selected == {"early": {"from": "correct", "step_idx": 1},
+                                   "late": {"from": "correct", "step_idx": 3}}
+    assert pair.incorrect_steps_selected == {"early": {"from": "incorrect", "step_idx": 1},
+                                             "late": {"from": "incorrect", "step_idx": 2}}
+    unparsed = artifacts.make_pair("p", _pair_lines("no steps here", parse_ok=False), "q", pair_unparsed=True)
+    assert unparsed.incorrect_steps_selected == {}
+    assert artifacts.pair_problem({**asdict(pair), "incorrect_steps_selected": {"early": 1}}) is not None
+    assert artifacts.pair_problem(asdict(pair)) is None
+
+
+def test_pairs_written_before_the_incorrect_selection_load_with_it(tmp_path):
+    """An old pairs.jsonl line (no incorrect_steps_selected) loads; its incorrect trace's steps come from the rule."""
+    lines = _pair_lines()
+    runs = tmp_path / artifacts.RUNS_FILE
+    with artifacts.RunsAppender(runs) as appender:
+        lines = [artifacts.RunLine(appender.append(line.record), line.record) for line in lines]
+    pair = artifacts.make_pair("p", lines, "q")
+    old = asdict(pair)
+    del old["incorrect_steps_selected"]
+    (tmp_path / artifacts.PAIRS_FILE).write_text(json.dumps(old) + "\n")
+    (loaded,) = artifacts.load_pairs(tmp_path)
+    assert loaded.pair.incorrect_steps_selected is None
+    assert loaded.selected_steps("incorrect") == (1, 2) and loaded.selected_steps("correct") == (1, 3)
+    (tmp_path / artifacts.PAIRS_FILE).write_text(pair.to_line())
+    (new,) = artifacts.load_pairs(tmp_path)
+    assert new.pair == pair and new.selected_steps("incorrect") == (1, 2)

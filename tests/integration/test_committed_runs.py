@@ -1,0 +1,29 @@
+"""Every run committed under results/ still loads with today's readers: pairs, both traces' selected steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cot_patching.runs import artifacts
+
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+RUNS = sorted(p.parent for p in RESULTS.glob("*/" + artifacts.PAIRS_FILE))
+
+
+def test_there_are_committed_runs():
+    assert len(RUNS) >= 5, RUNS
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[p.name for p in RUNS])
+def test_a_committed_run_loads_with_both_traces_steps(run):
+    settings = artifacts.load_manifest(run)["settings"]
+    strict = bool(settings.get("strict_format"))
+    pairs = artifacts.load_pairs(run)
+    assert pairs
+    for pair in pairs:
+        for which in ("correct", "incorrect"):
+            steps = {span["step_idx"] for span in pair.trace(which).step_spans}
+            selected = pair.selected_steps(which, strict)
+            assert selected is None if which == "incorrect" and not steps else set(selected) <= steps, (pair.id, which)
