@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
@@ -110,7 +110,8 @@ def sample(
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     stop_ids = model.stop_token_ids
-    logits, step = _decode_steps(model, prompt_ids, config.max_new_tokens)
+    decoder = decoder_for(model, len(prompt_ids), config.max_new_tokens)
+    logits = decoder.prefill(prompt_ids)
     # On CUDA, tokens stay on the device and are read back every few steps, so the host never waits on each
     # step; steps decoded past an end-of-turn token are discarded and do not change what was sampled before it.
     check_every = stop_check_interval or (STOP_CHECK_INTERVAL if device.type == "cuda" else 1)
@@ -130,24 +131,45 @@ def sample(
                 del token_ids[stop_at + 1:]
                 return Generation(token_ids, "stop", new_logprobs[: stop_at + 1].tolist())
         if not last:
-            logits = step(token, len(prompt_ids) + index)
+            logits = decoder.step(token, len(prompt_ids) + index)
     return Generation(token_ids, "length", new_logprobs.tolist())
 
 
-def _decode_steps(
-    model: Any, prompt_ids: Sequence[int], max_new_tokens: int
-) -> tuple[Float[Tensor, "vocab"], Callable[[Tensor, int], Float[Tensor, "vocab"]]]:
-    """The prompt's next-token logits and a `step(token, position) -> logits` function for this attempt."""
+@runtime_checkable
+class Decoder(Protocol):
+    """How one attempt is decoded: the prompt's next-token logits, then the logits after each fed token.
+
+    `EagerDecoder` runs the model's own forward and KV cache (any backend, any device);
+    `cuda_graphs.GraphedDecoder` replays a captured CUDA graph over a static cache. `batched.BatchedDecoder` has
+    the same two methods over N slots at once."""
+
+    def prefill(self, prompt_ids: Sequence[int]) -> Float[Tensor, "vocab"]: ...
+
+    def step(self, token: Int[Tensor, ""], position: int) -> Float[Tensor, "vocab"]: ...
+
+
+class EagerDecoder:
+    """The model's own forward with its KV cache (`LoadedModel.step`), one attempt at a time."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.past: Any = None
+
+    def prefill(self, prompt_ids: Sequence[int]) -> Float[Tensor, "vocab"]:
+        """Run the prompt from an empty cache; the next-token logits."""
+        input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.model.device)
+        logits, self.past = self.model.step(input_ids, None)
+        return logits
+
+    def step(self, token: Int[Tensor, ""], position: int) -> Float[Tensor, "vocab"]:
+        """Logits after feeding `token` (at `position`, which the cache already implies)."""
+        logits, self.past = self.model.step(token.view(1, 1), self.past)
+        return logits
+
+
+def decoder_for(model: Any, prompt_len: int, max_new_tokens: int) -> Decoder:
+    """The decoder of the model's decode path for an attempt of this length: a CUDA graph over a static cache
+    sized in `CACHE_BUCKET`s, else the eager forward."""
     if getattr(model, "decode_path", "eager").startswith("cuda_graph"):
-        needed = len(prompt_ids) + max_new_tokens
-        decoder = model.graphed_decoder(-(-needed // CACHE_BUCKET) * CACHE_BUCKET)
-        return decoder.prefill(prompt_ids), decoder.step
-    input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=model.device)
-    logits, past = model.step(input_ids, None)
-    state = {"past": past}
-
-    def step(token: Tensor, position: int) -> Float[Tensor, "vocab"]:
-        next_logits, state["past"] = model.step(token.view(1, 1), state["past"])
-        return next_logits
-
-    return logits, step
+        return model.graphed_decoder(-(-(prompt_len + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET)
+    return EagerDecoder(model)

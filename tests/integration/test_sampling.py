@@ -141,3 +141,18 @@ def test_deferred_stop_check_gives_the_same_generation(interval):
 def test_deferred_stop_check_on_a_real_model(tiny):
     config = DecodeConfig(1.0, 0.95, 40)
     assert sample(tiny, [1, 2, 3], config, 11, stop_check_interval=7) == sample(tiny, [1, 2, 3], config, 11)
+
+
+def test_the_decoders_share_one_interface(tiny):
+    from cot_patching.decoding.cuda_graphs import GraphedDecoder
+    from cot_patching.decoding.sampling import Decoder, EagerDecoder, decoder_for
+
+    decoder = decoder_for(tiny, 10, 8)
+    assert isinstance(decoder, EagerDecoder) and isinstance(decoder, Decoder)
+    assert all(callable(getattr(GraphedDecoder, name)) for name in ("prefill", "step"))
+    prompt = list(range(100, 110))
+    with torch.inference_mode():
+        first = decoder.prefill(prompt)
+        full = tiny.logits(torch.tensor([prompt + [7]]))[0]
+        assert torch.allclose(first, full[-2], atol=1e-5)
+        assert torch.allclose(decoder.step(torch.tensor(7), len(prompt)), full[-1], atol=1e-5)
