@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from cot_patching.activations.cache import ActivationStore, CacheSettings, load_activations
-from cot_patching.runs.artifacts import LoadedPair, PairRecord, RunRecord, load_pairs, read_pairs, read_run_at, read_runs
+from cot_patching.runs.artifacts import LoadedPair, PairRecord, RunRecord, read_pairs, read_run_at, read_runs
+from cot_patching.runs.directory import load_pairs
 from cot_patching.models.loading import LoadedModel, load_model
 from cot_patching.traces.parsing import ParsedTrace, Step, parse_trace, select_steps
 from cot_patching.problems import Problem, load_problems

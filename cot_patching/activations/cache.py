@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from cot_patching.runs import artifacts
+from cot_patching.runs.directory import load_pairs
 from cot_patching.runs.artifacts import LoadedPair, RunRecord
 from cot_patching.models.backends import BRIDGE
 from cot_patching.models.loading import file_sha256
@@ -219,7 +220,7 @@ def cache_activations(
     verify_hashes: bool = False, progress: bool = True, traces_per_forward: int = 1,
 ) -> CacheReport:
     """Cache every pair not yet cached; verify the ones that are; rewrite stale index lines."""
-    pairs = artifacts.load_pairs(results_dir)
+    pairs = load_pairs(results_dir)
     out_dir = Path(out_dir)
     owned = artifacts.owned_cache_files(out_dir, [pair.id for pair in pairs])  # refuses a foreign folder
     out_dir.mkdir(parents=True, exist_ok=True)

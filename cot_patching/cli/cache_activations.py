@@ -29,6 +29,7 @@ def cache_activations_command(
 ) -> None:
     """Run the mining model on prompt + trace of both traces of each pair; save residuals at the selected steps."""
     from cot_patching.runs import artifacts
+    from cot_patching.runs.directory import load_pairs
     from cot_patching.activations.cache import CacheSettings, cache_activations, parse_layers
     from cot_patching.cli.run_model import load_run_model
 
@@ -36,7 +37,7 @@ def cache_activations_command(
         root = Path(results)
         manifest = artifacts.load_manifest(root)
         settings_json = manifest.get("settings", {})
-        pairs = artifacts.load_pairs(root)  # fail on a broken results dir before loading a model
+        pairs = load_pairs(root)  # fail on a broken results dir before loading a model
         if not pairs:
             raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to cache (mine more, then rerun)")
         artifacts.owned_cache_files(Path(out) if out else root / artifacts.ACTIVATIONS_DIR, [p.id for p in pairs])

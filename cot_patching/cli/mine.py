@@ -181,11 +181,12 @@ def print_summary(summary: dict[str, Any], options: MineOptions, backend: str, r
 def print_next_steps(outdir: Path, pairs: list[Any]) -> None:
     """Where the first pair is, its two final answers, and the commands that come next."""
     from cot_patching.runs import artifacts
+    from cot_patching.runs.directory import load_pairs
 
     if not pairs:
         typer.echo(f"no pair yet in {outdir}: rerun the same command to resume, or give more problems / tries")
         return
-    first = artifacts.load_pairs(outdir)[0]
+    first = load_pairs(outdir)[0]
     typer.echo(f"first pair: {first.id} (gold {first.pair.gold_answer}) in {outdir / artifacts.PAIRS_FILE}")
     for which in ("correct", "incorrect"):
         run = first.trace(which)

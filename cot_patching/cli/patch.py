@@ -37,17 +37,18 @@ def patch_command(
 ) -> None:
     """Patch each pair's traces into each other, cell by cell; write results.csv, attribution, agreement, heatmaps."""
     from cot_patching.runs import artifacts
+    from cot_patching.runs.directory import load_pairs
     from cot_patching.activations.cache import parse_layers
     from cot_patching.cli.run_model import load_run_model
     from cot_patching.experiments.study import run_study, select_pairs
     from cot_patching.experiments.sweep import SweepSettings
-    from cot_patching.mining.miner import check_not_locked
+    from cot_patching.runs.directory import check_not_locked
 
     with clear_errors():
         root = Path(results)
         out_dir = Path(out) if out else root / "patching"
         recorded = artifacts.load_manifest(root).get("model") or {}
-        loaded_pairs = artifacts.load_pairs(root)  # a broken results dir fails before a model loads
+        loaded_pairs = load_pairs(root)  # a broken results dir fails before a model loads
         if not loaded_pairs:
             raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to patch (mine more, then rerun)")
         chosen = select_pairs(loaded_pairs, _names(pairs) if pairs else None)

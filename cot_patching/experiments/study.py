@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cot_patching.runs import artifacts
+from cot_patching.runs.directory import load_pairs
 from cot_patching.activations.cache import hook_name
 from cot_patching.runs.artifacts import LoadedPair
 from cot_patching.experiments.alignment import ANSWERS
@@ -27,7 +28,7 @@ from cot_patching.experiments.sweep import (
 from cot_patching.experiments.tables import (
     ATTRIBUTION_COLUMNS, ATTRIBUTION_FILE, RESULT_COLUMNS, RESULTS_FILE, csv_line, read_table,
 )
-from cot_patching.mining.miner import outdir_lock
+from cot_patching.runs.directory import directory_lock
 from cot_patching.models.loading import file_sha256
 
 SETTINGS_FILE = "settings.json"
@@ -152,13 +153,13 @@ def run_study(
 ) -> StudyReport:
     """Patch every selected pair in every direction, append the tables, then write agreement and heatmaps."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    pairs = select_pairs(artifacts.load_pairs(results_dir), pair_ids)
+    pairs = select_pairs(load_pairs(results_dir), pair_ids)
     if any(layer >= model_info.get("n_layers", math.inf) for layer in settings.layers):
         raise StudyError(f"layers {list(settings.layers)}: the model has layers 0..{model_info['n_layers'] - 1}")
     definition = study_definition(settings, [pair.id for pair in pairs], attribution, model_info, results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with outdir_lock(out_dir):
+    with directory_lock(out_dir):
         record = {"results": str(results_dir.resolve()), "argv": list(argv),
                   "environment": artifacts.environment_facts(),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
-from cot_patching.mining.miner import MiningError, outdir_lock, problems_sha256, read_runs_or_explain
+from cot_patching.mining.miner import MiningError, problems_sha256, read_runs_or_explain
+from cot_patching.runs.directory import directory_lock
 from cot_patching.problems import load_problems
 from cot_patching.mining.sharding import parse_shard, shard_index
 
@@ -176,7 +177,7 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
         pairs_found += int(paired)
 
     out.mkdir(parents=True, exist_ok=True)
-    with outdir_lock(out):
+    with directory_lock(out):
         existing = out / artifacts.MANIFEST_FILE
         if existing.exists() and "merge" not in artifacts.load_manifest(out):
             raise MiningError(f"{out} holds a mining run, not a merge; merge into a new directory")

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-from contextlib import contextmanager
 
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
+from cot_patching.runs.directory import check_not_locked, directory_lock
 from cot_patching.models.backends import BRIDGE
 from cot_patching.problems import Problem
 from cot_patching.traces.prompt import EncodedPrompt, build_prompt, encode_prompt
@@ -45,52 +43,6 @@ class MineResult:
 
 
 Sampler = Callable[[Any, Sequence[int], DecodeConfig, int], Generation]
-
-
-@contextmanager
-def outdir_lock(outdir: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on `outdir/.lock` for the block; refuse while another process holds it.
-
-    The kernel releases the lock when its holder dies (kill -9 included), so a stale lock is never taken over by
-    hand and two processes can never both hold it. The file holds "host pid" for the message only, and is never
-    deleted (deleting it would let a newcomer lock a fresh inode while another waits on the old one).
-    """
-    lock = Path(outdir) / artifacts.LOCK_FILE
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        message = _in_use(outdir, fd)
-        os.close(fd)
-        raise MiningError(message) from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}".encode(), 0)
-        yield
-    finally:
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _in_use(outdir: Path, fd: int) -> str:
-    holder = os.pread(fd, 200, 0).decode("utf-8", errors="replace").split() or ["?"]
-    return (f"{outdir} is in use by another process (pid {holder[-1]} on {' '.join(holder[:-1]) or '?'}); "
-            "wait for it to finish, or use another directory")
-
-
-def check_not_locked(outdir: Path) -> None:
-    """Refuse, before any work, a directory whose lock another process holds (creates nothing)."""
-    try:
-        fd = os.open(Path(outdir) / artifacts.LOCK_FILE, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise MiningError(_in_use(outdir, fd)) from None
-    finally:
-        os.close(fd)
 
 
 def read_runs_or_explain(outdir: Path) -> list[RunLine]:
@@ -187,7 +139,7 @@ def mine(
                           "backend mines one attempt at a time (use --batch-size 1)")
     check_outdir(outdir, settings, overwrite)
     outdir.mkdir(parents=True, exist_ok=True)
-    with outdir_lock(outdir):
+    with directory_lock(outdir):
         if overwrite:
             clear_outdir(outdir)
         runs_path = outdir / artifacts.RUNS_FILE

@@ -19,7 +19,7 @@ from typing import Any
 
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
-from cot_patching.mining.miner import outdir_lock
+from cot_patching.runs.directory import directory_lock
 from cot_patching.mining.settings import SETTINGS_BEFORE_RECORDED
 from cot_patching.traces.prompt import question_of
 from cot_patching.decoding.sampling import temperature_schedule
@@ -69,7 +69,7 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
     strict, pair_unparsed = bool(settings.get("strict_format")), bool(settings.get("pair_unparsed"))
     schedule = temperature_schedule(settings["temperature_seq"], settings["max_tries"])
     runs_path = root / artifacts.RUNS_FILE
-    with outdir_lock(root):
+    with directory_lock(root):
         artifacts.drop_torn_tail(runs_path)
         lines, damaged = _read_lines(runs_path)
         before_pairs = len(artifacts.build_pairs([RunLine(0, r) for r in lines], {}, pair_unparsed, strict))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cot_patching.runs import artifacts
+from cot_patching.runs.directory import load_pairs
 from cot_patching.runs.artifacts import LoadedPair, RunRecord
 from cot_patching.traces.spans import Decoder, TokenOffsets
 
@@ -117,7 +118,7 @@ def load_run_view(root: str | Path) -> RunView:
     summary_path = root / artifacts.SUMMARY_FILE
     summary = json.loads(summary_path.read_text("utf-8")) if summary_path.is_file() else {}
     runs = [line.record for line in artifacts.read_runs(root / artifacts.RUNS_FILE)]
-    pairs = artifacts.load_pairs(root) if (root / artifacts.PAIRS_FILE).is_file() else []
+    pairs = load_pairs(root) if (root / artifacts.PAIRS_FILE).is_file() else []
     view = RunView(root, manifest, summary, runs, pairs)
     cache = root / artifacts.ACTIVATIONS_DIR
     index = cache / artifacts.CACHE_INDEX_FILE

@@ -676,23 +676,3 @@ class LoadedPair:
         """Byte offset in runs.jsonl of the `correct` or `incorrect` run."""
         ref = self.pair.correct_ref if which == "correct" else self.pair.incorrect_ref
         return int(ref["runs_offset"])
-
-
-def load_pairs(results_dir: str | Path) -> list[LoadedPair]:
-    """Every pair of a mining output directory with its correct and incorrect runs (spans, token ids, prompt ids)."""
-    root = Path(results_dir)
-    runs_path = root / RUNS_FILE
-    if not (root / PAIRS_FILE).is_file() or not runs_path.is_file():
-        raise ArtifactError(f"{root} has no {PAIRS_FILE} and {RUNS_FILE}: not a mining output directory")
-    loaded = []
-    for pair in read_pairs(root / PAIRS_FILE):
-        correct = read_run_at(runs_path, pair.correct_ref["runs_offset"])
-        incorrect = read_run_at(runs_path, pair.incorrect_ref["runs_offset"])
-        for record, ref in ((correct, pair.correct_ref), (incorrect, pair.incorrect_ref)):
-            if (record.id, record.attempt) != (pair.id, ref["attempt"]):
-                raise ArtifactError(
-                    f"pair {pair.id}: runs_offset {ref['runs_offset']} holds {record.id} attempt "
-                    f"{record.attempt}, not attempt {ref['attempt']}"
-                )
-        loaded.append(LoadedPair(pair, correct, incorrect))
-    return loaded

@@ -11,7 +11,7 @@ import sys
 import time
 
 from cot_patching.runs import artifacts
-from cot_patching.mining.miner import check_not_locked
+from cot_patching.runs.directory import check_not_locked
 
 DERIVED = (artifacts.RUNS_FILE, artifacts.PAIRS_FILE, artifacts.PAIRS_CSV, artifacts.SUMMARY_FILE)
 

@@ -9,7 +9,7 @@ from cot_patching.runs import artifacts
 from cot_patching.activations.cache import (
     INDEX_FILE, CacheSettings, cache_activations, hook_name, load_activations, parse_layers, read_index,
 )
-from cot_patching.runs.artifacts import load_pairs
+from cot_patching.runs.directory import load_pairs
 
 from helpers import mine_scripted_pairs
 

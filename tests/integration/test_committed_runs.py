@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from cot_patching.runs import artifacts
+from cot_patching.runs.directory import load_pairs
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 RUNS = sorted(p.parent for p in RESULTS.glob("*/" + artifacts.PAIRS_FILE))
@@ -20,7 +21,7 @@ def test_there_are_committed_runs():
 def test_a_committed_run_loads_with_both_traces_steps(run):
     settings = artifacts.load_manifest(run)["settings"]
     strict = bool(settings.get("strict_format"))
-    pairs = artifacts.load_pairs(run)
+    pairs = load_pairs(run)
     assert pairs
     for pair in pairs:
         for which in ("correct", "incorrect"):

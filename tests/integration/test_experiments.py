@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cot_patching.runs.artifacts import load_pairs
+from cot_patching.runs.directory import load_pairs
 from cot_patching.experiments.alignment import (
     ScoredTrace, cells_for, final_answer_cell, first_difference, position_cells, step_cell,
 )

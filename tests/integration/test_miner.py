@@ -6,6 +6,7 @@ import pytest
 
 from cot_patching.runs import artifacts
 from cot_patching.mining.miner import MiningError, mine
+from cot_patching.runs.directory import RunInUseError
 from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.decoding.sampling import attempt_seed
@@ -131,7 +132,7 @@ def test_second_process_is_refused_by_lock_and_a_dead_holder_frees_it(tiny, tmp_
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(MiningError, match=f"in use by another process \\(pid {holder.pid} on node-7\\)"):
+        with pytest.raises(RunInUseError, match=f"in use by another process \\(pid {holder.pid} on node-7\\)"):
             mine(PROBLEMS[:1], tiny, settings(), tmp_path, progress=False,
                  sampler=ScriptedSampler(tiny.tokenizer, {"p0": [CORRECT, WRONG]}))
         assert not (tmp_path / artifacts.MANIFEST_FILE).exists()  # a refused run writes nothing

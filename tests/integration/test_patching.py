@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cot_patching.activations.cache import CacheSettings, cache_activations, load_activations
-from cot_patching.runs.artifacts import load_pairs
+from cot_patching.runs.directory import load_pairs
 from cot_patching.experiments.patching import (
     ResidualPatch, answer_target, final_answer_target, run_with_patches, target_logprobs,
 )

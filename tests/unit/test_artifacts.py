@@ -7,6 +7,7 @@ from dataclasses import asdict
 import pytest
 
 from cot_patching.runs import artifacts
+from cot_patching.runs.directory import load_pairs
 from cot_patching.runs.artifacts import RunRecord, atomic_write_text, drop_torn_tail, find_pair, read_run_at, read_runs
 
 
@@ -87,9 +88,9 @@ def test_pairs_written_before_the_incorrect_selection_load_with_it(tmp_path):
     old = asdict(pair)
     del old["incorrect_steps_selected"]
     (tmp_path / artifacts.PAIRS_FILE).write_text(json.dumps(old) + "\n")
-    (loaded,) = artifacts.load_pairs(tmp_path)
+    (loaded,) = load_pairs(tmp_path)
     assert loaded.pair.incorrect_steps_selected is None
     assert loaded.selected_steps("incorrect") == (1, 2) and loaded.selected_steps("correct") == (1, 3)
     (tmp_path / artifacts.PAIRS_FILE).write_text(pair.to_line())
-    (new,) = artifacts.load_pairs(tmp_path)
+    (new,) = load_pairs(tmp_path)
     assert new.pair == pair and new.selected_steps("incorrect") == (1, 2)

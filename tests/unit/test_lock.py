@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cot_patching.runs import artifacts
-from cot_patching.mining.miner import MiningError, outdir_lock
+from cot_patching.runs.directory import RunInUseError, directory_lock
 
 TRIALS = 50
 
@@ -17,11 +17,11 @@ TRIALS = 50
 def _contender(outdir: str, barrier: multiprocessing.synchronize.Barrier, log: str) -> None:
     barrier.wait()
     try:
-        with outdir_lock(Path(outdir)):
+        with directory_lock(Path(outdir)):
             start = time.monotonic()
             time.sleep(0.2)
             end = time.monotonic()
-    except MiningError:
+    except RunInUseError:
         line = f"refused {os.getpid()}\n"
     else:
         line = f"held {os.getpid()} {start} {end}\n"
