@@ -16,7 +16,7 @@ from helpers import mine_scripted_pairs
 from transformers import LlamaForCausalLM
 
 from cot_patching.activations.cache import CacheSettings, cache_activations, hook_name, load_activations
-from cot_patching.runs.artifacts import load_pairs
+from cot_patching.runs.directory import load_pairs
 from cot_patching.models.loading import from_hf_model
 from cot_patching.experiments.patching import ResidualPatch, run_with_patches
 

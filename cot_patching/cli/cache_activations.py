@@ -41,17 +41,17 @@ def cache_activations_command(
         if not pairs:
             raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to cache (mine more, then rerun)")
         artifacts.owned_cache_files(Path(out) if out else root / artifacts.ACTIVATIONS_DIR, [p.id for p in pairs])
-        found, model = load_run_model(root, model, device, backend)
-        store_dtype = dtype or ("bf16" if model.info.dtype == "bfloat16" else "fp32")
+        found, loaded = load_run_model(root, model, device, backend)
+        store_dtype = dtype or ("bf16" if loaded.info.dtype == "bfloat16" else "fp32")
         settings = CacheSettings(
-            layers=parse_layers(layers, model.info.n_layers),
+            layers=parse_layers(layers, loaded.info.n_layers),
             hooks=tuple(h.strip() for h in hooks.split(",") if h.strip()),
             steps=steps.replace(" ", ""),
             dtype=store_dtype,
         )
         report = cache_activations(
-            model, root, Path(out) if out else root / "activations", settings,
-            {**model.info.to_json(), "name": found.recorded_name},
+            loaded, root, Path(out) if out else root / "activations", settings,
+            {**loaded.info.to_json(), "name": found.recorded_name},
             strict_format=bool(settings_json.get("strict_format")), overwrite=overwrite,
             verify_hashes=verify_hashes, progress=progress, traces_per_forward=batch_traces,
         )

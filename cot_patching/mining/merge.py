@@ -186,9 +186,9 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
         tmp.write_bytes(runs_bytes)
         tmp.replace(out / artifacts.RUNS_FILE)
         offsets, position = [], 0
-        for line in chosen:
+        for raw in chosen:
             offsets.append(position)
-            position += len(line)
+            position += len(raw)
         questions = {p.id: p.question for p in problems}
         run_lines = [RunLine(offset, record) for offset, record in zip(offsets, records)]
         tally = artifacts.RunTally(run_lines, questions, pair_unparsed, strict)

@@ -170,7 +170,8 @@ def _check_tokens(record: RunRecord, tokenizer: Any, strict: bool) -> list[str]:
     recorded = record.final_answer_span
     fresh = trace.final_answer_span
     if (recorded is None) != (fresh is None) or (
-        fresh is not None and (recorded.get("tok_start"), recorded.get("tok_end")) != (fresh.tok_start, fresh.tok_end)
+        fresh is not None and recorded is not None
+        and (recorded.get("tok_start"), recorded.get("tok_end")) != (fresh.tok_start, fresh.tok_end)
     ):
         out.append("final_answer_span is not the smallest token cover of the final answer")
     return out
@@ -282,7 +283,8 @@ def _check_pair(pair: PairRecord, number: int, by_offset: dict[int, RunRecord], 
                 found: list[Violation]) -> None:
     """Check one pair's references, labels and step selection against runs.jsonl."""
     for role, ref in (("correct", pair.correct_ref), ("incorrect", pair.incorrect_ref)):
-        record = by_offset.get(ref.get("runs_offset"))
+        offset = ref.get("runs_offset")
+        record = None if offset is None else by_offset.get(offset)
         if record is None or (record.id, record.attempt) != (pair.id, ref.get("attempt")):
             found.append(Violation(artifacts.PAIRS_FILE, number,
                                    f"{pair.id}: {role}_ref runs_offset {ref.get('runs_offset')} is not the line "

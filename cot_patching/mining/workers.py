@@ -123,7 +123,7 @@ def run_workers(workers: Sequence[Worker], show: Callable[[str], None] | None = 
         if show is not None:
             show(status_line(workers, time.monotonic() - started, start_tokens))
         if all(code is not None for code in codes):
-            return [int(code) for code in codes]
+            return [code for code in codes if code is not None]
         time.sleep(poll_s)
 
 

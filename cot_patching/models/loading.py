@@ -250,11 +250,12 @@ def load_hf_model(
     if source.kind == "hub":
         model = AutoModelForCausalLM.from_pretrained(source.name, revision=revision, **kwargs)
     else:
+        assert source.path is not None, source
         model = AutoModelForCausalLM.from_pretrained(
             source.path, gguf_file=source.gguf_file, **kwargs
         )
     if not load_in_4bit:
-        model = model.to(device)
+        model = model.to(device)  # type: ignore[arg-type]  # transformers' wrapped `to` misleads mypy
     return model.eval()
 
 
@@ -288,6 +289,7 @@ def _revision_of(source: ModelSource, hf_model: Any, revision: str | None) -> st
     if source.kind == "hub":
         return commit or revision
     if source.kind in ("gguf", "embedded"):
+        assert source.path is not None, source
         return "sha256:" + file_sha256(Path(source.path) / str(source.gguf_file))
     return commit
 

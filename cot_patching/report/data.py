@@ -72,8 +72,8 @@ def char_chunks(record: RunRecord, selected: dict[int, str]) -> list[Chunk]:
     chunks = []
     for start, end in zip(bounds, bounds[1:]):
         step = next((s["step_idx"] for s in record.step_spans if s["char_start"] <= start < s["char_end"]), None)
-        span = record.final_answer_span
-        in_answer = span is not None and span["char_start"] <= start < span["char_end"]
+        answer = record.final_answer_span
+        in_answer = answer is not None and answer["char_start"] <= start < answer["char_end"]
         chunks.append(Chunk(record.text[start:end], None, None, step, in_answer,
                             selected.get(step) if step is not None else None, False))
     return chunks

@@ -625,7 +625,7 @@ def environment_facts() -> dict[str, Any]:
 
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("torch", "transformers", "transformer-lens", "cot-patching", "gguf", "tokenizers"):
         try:
             versions[package] = version(package)

@@ -131,9 +131,14 @@ def _damage(rng: random.Random, data: bytes) -> bytes:
         record = json.loads(line)
         key = rng.choice(sorted(record))
         if kind == 2:
+            if key == "incorrect_steps_selected":  # pair records written before it lack it: not damage
+                key = "steps_selected"
             del record[key]
         elif kind == 3:
-            record[key] = rng.choice(["x", -1, None, [1], {"a": 1}, 10**30, True])
+            value = rng.choice(["x", -1, None, [1], {"a": 1}, 10**30, True])
+            if key == "incorrect_steps_selected" and value is None:  # null: not recorded (older pairs), not damage
+                value = "x"
+            record[key] = value
         elif kind == 4 and "token_ids" in record:
             record["token_ids"] = record["token_ids"][:2] + [10**9] + record["token_ids"][2:]
         else:

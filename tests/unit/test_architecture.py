@@ -59,3 +59,10 @@ def test_ruff_passes():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "cot_patching", "tests", "bench"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_passes():
+    """The package type-checks (config: pyproject's [tool.mypy])."""
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found" in result.stdout
