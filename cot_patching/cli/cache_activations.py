@@ -32,11 +32,11 @@ def cache_activations_command(
     from cot_patching.runs.directory import load_pairs
     from cot_patching.activations.cache import CacheSettings, cache_activations, parse_layers
     from cot_patching.cli.run_model import load_run_model
+    from cot_patching.mining.settings import MineSettings
 
     with clear_errors():
         root = Path(results)
         manifest = artifacts.load_manifest(root)
-        settings_json = manifest.get("settings", {})
         pairs = load_pairs(root)  # fail on a broken results dir before loading a model
         if not pairs:
             raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to cache (mine more, then rerun)")
@@ -52,7 +52,7 @@ def cache_activations_command(
         report = cache_activations(
             loaded, root, Path(out) if out else root / "activations", settings,
             {**loaded.info.to_json(), "name": found.recorded_name},
-            strict_format=bool(settings_json.get("strict_format")), overwrite=overwrite,
+            strict_format=MineSettings.recorded(manifest).strict_format, overwrite=overwrite,
             verify_hashes=verify_hashes, progress=progress, traces_per_forward=batch_traces,
         )
         for problem in report.repaired:

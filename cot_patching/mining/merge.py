@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
 from cot_patching.mining.miner import MiningError, problems_sha256, read_runs_or_explain
+from cot_patching.mining.settings import MineSettings
 from cot_patching.runs.directory import directory_lock
 from cot_patching.problems import load_problems
 from cot_patching.mining.sharding import parse_shard, shard_index
@@ -136,7 +137,8 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
     settings = shards[0].manifest["settings"]
     schedule = settings["schedule"]
     min_pairs = _facts(shards[0])["min_pairs"] or 20
-    pair_unparsed, strict = bool(settings.get("pair_unparsed")), bool(settings.get("strict_format"))
+    recorded = MineSettings.recorded(shards[0].manifest)
+    pair_unparsed, strict = recorded.pair_unparsed, recorded.strict_format
 
     by_problem: dict[str, list[RunRecord]] = {}
     for shard in shards:

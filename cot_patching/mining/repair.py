@@ -20,9 +20,8 @@ from typing import Any
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
 from cot_patching.runs.directory import directory_lock
-from cot_patching.mining.settings import SETTINGS_BEFORE_RECORDED
+from cot_patching.mining.settings import MineSettings
 from cot_patching.traces.prompt import question_of
-from cot_patching.decoding.sampling import temperature_schedule
 from cot_patching.traces.analysis import TRACE_RULES_VERSION, analyze_trace
 
 
@@ -65,9 +64,8 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
     """Relabel every attempt, apply the stop rule, set aside the rest, rewrite derived files and manifest."""
     root = Path(outdir)
     manifest = artifacts.load_manifest(root)
-    settings = {**SETTINGS_BEFORE_RECORDED, **manifest.get("settings", {})}
-    strict, pair_unparsed = bool(settings.get("strict_format")), bool(settings.get("pair_unparsed"))
-    schedule = temperature_schedule(settings["temperature_seq"], settings["max_tries"])
+    settings = MineSettings.recorded(manifest)
+    strict, pair_unparsed, schedule = settings.strict_format, settings.pair_unparsed, settings.schedule
     runs_path = root / artifacts.RUNS_FILE
     with directory_lock(root):
         artifacts.drop_torn_tail(runs_path)
@@ -107,7 +105,7 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
         manifest.setdefault("settings", {})["trace_rules_version"] = TRACE_RULES_VERSION
         manifest.setdefault("repairs", []).append({
             "trace_rules_version": TRACE_RULES_VERSION,
-            "from_trace_rules_version": settings.get("trace_rules_version"),
+            "from_trace_rules_version": settings.trace_rules_version,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "argv": list(sys.argv if argv is None else argv),
             "environment": artifacts.environment_facts()["versions"],

@@ -51,6 +51,19 @@ class MineSettings:
         if self.shard is not None:
             parse_shard(self.shard)
 
+    @classmethod
+    def recorded(cls, manifest: dict[str, Any]) -> MineSettings:
+        """The settings a run's manifest records, with what earlier runs had for settings added since."""
+        data = manifest.get("settings")
+        if not isinstance(data, dict):
+            raise ValueError("the run's manifest records no settings")
+        names = {f.name for f in fields(cls)}
+        values = {**SETTINGS_BEFORE_RECORDED, **{k: v for k, v in data.items() if k in names}}
+        try:
+            return cls(**{**values, "temperature_seq": tuple(values.get("temperature_seq", ()))})
+        except TypeError as err:
+            raise ValueError(f"the run's manifest settings are incomplete: {err}") from None
+
     @property
     def schedule(self) -> list[float]:
         """The temperature of each attempt index."""

@@ -1,4 +1,4 @@
-"""Every run committed under results/ still loads with today's readers: pairs, both traces' selected steps."""
+"""Every run committed under results/ still loads with today's readers: settings, pairs, both traces' steps."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cot_patching.mining.settings import MineSettings
 from cot_patching.runs import artifacts
 from cot_patching.runs.directory import load_pairs
 
@@ -19,8 +20,9 @@ def test_there_are_committed_runs():
 
 @pytest.mark.parametrize("run", RUNS, ids=[p.name for p in RUNS])
 def test_a_committed_run_loads_with_both_traces_steps(run):
-    settings = artifacts.load_manifest(run)["settings"]
-    strict = bool(settings.get("strict_format"))
+    settings = MineSettings.recorded(artifacts.load_manifest(run))  # typed, as every workflow reads it
+    strict = settings.strict_format
+    assert settings.schedule[0] == 0.0 and settings.batch_size >= 1
     pairs = load_pairs(run)
     assert pairs
     for pair in pairs:
