@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
-from cot_patching.runs.directory import check_not_locked, directory_lock
+from cot_patching.runs.directory import RunDirectory, check_not_locked
 from cot_patching.models.backends import BRIDGE
 from cot_patching.problems import Problem
 from cot_patching.traces.prompt import EncodedPrompt, build_prompt, encode_prompt
@@ -45,10 +45,12 @@ class MineResult:
 Sampler = Callable[[Any, Sequence[int], DecodeConfig, int], Generation]
 
 
-def read_runs_or_explain(outdir: Path) -> list[RunLine]:
-    """runs.jsonl's records; a damaged line is refused with the way to recover that loses nothing."""
+def read_runs_or_explain(outdir: Path, resume: bool = False) -> list[RunLine]:
+    """runs.jsonl's records (`resume`: after dropping a torn last line); a damaged line is refused with the way to
+    recover that loses nothing."""
+    run = RunDirectory(Path(outdir))
     try:
-        return artifacts.read_runs(Path(outdir) / artifacts.RUNS_FILE)
+        return run.resume() if resume else run.runs()
     except artifacts.ArtifactError as err:
         raise MiningError(
             f"{err}; nothing was changed. `cot-patching repair {outdir}` sets damaged lines aside in "
@@ -139,12 +141,11 @@ def mine(
                           "backend mines one attempt at a time (use --batch-size 1)")
     check_outdir(outdir, settings, overwrite)
     outdir.mkdir(parents=True, exist_ok=True)
-    with directory_lock(outdir):
+    run = RunDirectory(outdir)
+    with run.lock():
         if overwrite:
             clear_outdir(outdir)
-        runs_path = outdir / artifacts.RUNS_FILE
-        artifacts.drop_torn_tail(runs_path)
-        runs = read_runs_or_explain(outdir)
+        runs = read_runs_or_explain(outdir, resume=True)
         _check_runs_match(runs, problems)
         _record_session(outdir, manifest or {}, settings)
         resumed_from = len(runs)
@@ -153,7 +154,7 @@ def mine(
         tally = artifacts.RunTally(runs, questions, settings.pair_unparsed, settings.strict_format)
         artifacts.write_derived(outdir, tally.pairs, tally.summary())
         bar = artifacts.progress_bar(len(problems), "problems", "problem", progress)
-        with artifacts.RunsAppender(runs_path) as appender:
+        with run.appender() as appender:
             if settings.batch_size == 1:
                 attempts_this_call = _mine_one_at_a_time(problems, model, settings, outdir, min_pairs, tally,
                                                          appender, bar, sampler)

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 
 from cot_patching.runs.artifacts import (
     ACTIVATIONS_DIR, LOCK_FILE, MANIFEST_FILE, PAIRS_CSV, PAIRS_FILE, RUNS_FILE, SUMMARY_FILE, ArtifactError,
-    LoadedPair, PairRecord, RunLine, RunRecord, RunsAppender, load_manifest, read_pairs, read_run_at, read_runs,
+    LoadedPair, PairRecord, RunLine, RunRecord, RunsAppender, drop_torn_tail, load_manifest, read_pairs, read_run_at,
+    read_runs,
 )
 
 
@@ -105,6 +106,11 @@ class RunDirectory:
     def appender(self) -> RunsAppender:
         """An fsyncing appender to runs.jsonl (use as a context manager)."""
         return RunsAppender(self.runs_path)
+
+    def resume(self) -> list[RunLine]:
+        """Drop a torn last line a crash left in runs.jsonl (never a complete one), then every complete record."""
+        drop_torn_tail(self.runs_path)
+        return self.runs()
 
     def manifest(self) -> dict[str, Any]:
         """The run manifest."""
