@@ -1,4 +1,4 @@
-"""The import order (pyproject's import-linter contract) and the lint gate hold; an upward import is caught."""
+"""The import order (pyproject's import-linter contracts), ruff and mypy hold; an upward import is caught."""
 
 from __future__ import annotations
 
@@ -23,22 +23,23 @@ def test_import_layers_are_kept():
     assert "3 kept, 0 broken" in result.stdout
 
 
-def test_an_upward_import_breaks_the_contract(tmp_path):
+def _lint_with_import(tmp_path: Path, module: str, statement: str) -> subprocess.CompletedProcess[str]:
+    """Lint a copy of the package in which `module` (a path under cot_patching/) ends with `statement`."""
     shutil.copytree(REPO / "cot_patching", tmp_path / "cot_patching")
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    parsing = tmp_path / "cot_patching" / "traces" / "parsing.py"
-    parsing.write_text(parsing.read_text() + "\nfrom cot_patching.mining import miner  # noqa: E402,F401\n")
-    result = _lint_imports(tmp_path)
+    source = tmp_path / "cot_patching" / module
+    source.write_text(source.read_text() + f"\n{statement}  # noqa: E402,F401\n")
+    return _lint_imports(tmp_path)
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    result = _lint_with_import(tmp_path, "traces/parsing.py", "from cot_patching.mining import miner")
     assert result.returncode != 0
     assert "cot_patching.traces.parsing -> cot_patching.mining.miner" in result.stdout, result.stdout
 
 
 def test_an_upward_import_inside_a_part_breaks_the_contract(tmp_path):
-    shutil.copytree(REPO / "cot_patching", tmp_path / "cot_patching")
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    sharding = tmp_path / "cot_patching" / "mining" / "sharding.py"
-    sharding.write_text(sharding.read_text() + "\nfrom cot_patching.mining import merge  # noqa: E402,F401\n")
-    result = _lint_imports(tmp_path)
+    result = _lint_with_import(tmp_path, "mining/sharding.py", "from cot_patching.mining import merge")
     assert result.returncode != 0
     assert "modules inside a part: each imports only modules below it BROKEN" in result.stdout, result.stdout
     assert "cot_patching.mining.sharding -> cot_patching.mining.merge" in result.stdout, result.stdout
@@ -46,11 +47,7 @@ def test_an_upward_import_inside_a_part_breaks_the_contract(tmp_path):
 
 def test_the_report_may_not_reach_a_model_even_indirectly(tmp_path):
     """The report sits above the experiments in the layers, yet the forbidden contract stops a path to models."""
-    shutil.copytree(REPO / "cot_patching", tmp_path / "cot_patching")
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    data = tmp_path / "cot_patching" / "report" / "data.py"
-    data.write_text(data.read_text() + "\nfrom cot_patching.experiments import study  # noqa: E402,F401\n")
-    result = _lint_imports(tmp_path)
+    result = _lint_with_import(tmp_path, "report/data.py", "from cot_patching.experiments import study")
     assert result.returncode != 0
     assert "the report imports nothing that loads or runs a model BROKEN" in result.stdout, result.stdout
 
