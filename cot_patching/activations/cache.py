@@ -19,6 +19,7 @@ from cot_patching.runs.directory import load_pairs
 from cot_patching.runs.artifacts import LoadedPair, RunRecord
 from cot_patching.models.backends import BRIDGE
 from cot_patching.models.loading import file_sha256
+from cot_patching.models.loading import LoadedModel
 
 HOOKS = ("resid_pre", "resid_mid", "resid_post")
 TRACES = ("correct", "incorrect")
@@ -106,7 +107,7 @@ def steps_to_cache(pair: LoadedPair, trace: str, steps: str, strict_format: bool
 
 @torch.inference_mode()
 def traces_activations(
-    model: Any, traces: Sequence[tuple[RunRecord, Sequence[SelectedStep]]], settings: CacheSettings
+    model: LoadedModel, traces: Sequence[tuple[RunRecord, Sequence[SelectedStep]]], settings: CacheSettings
 ) -> list[tuple[dict[str, Tensor], dict[str, Any]]]:
     """One forward over several traces at once, right-padded (causal attention never looks ahead, so padding
     after a trace cannot reach it); each trace's residuals at its selected steps' positions."""
@@ -134,7 +135,7 @@ def traces_activations(
     return out
 
 
-def cache_pairs(model: Any, pairs: Sequence[LoadedPair], settings: CacheSettings, out_dir: Path,
+def cache_pairs(model: LoadedModel, pairs: Sequence[LoadedPair], settings: CacheSettings, out_dir: Path,
                 model_info: dict[str, Any], strict_format: bool = False, traces_per_forward: int = 1,
                 ) -> Iterator[dict[str, Any]]:
     """Cache pairs in order, `traces_per_forward` traces to a forward; each pair's index line once its file is
@@ -215,7 +216,7 @@ class CacheReport:
 
 
 def cache_activations(
-    model: Any, results_dir: str | Path, out_dir: str | Path, settings: CacheSettings,
+    model: LoadedModel, results_dir: str | Path, out_dir: str | Path, settings: CacheSettings,
     model_info: dict[str, Any], strict_format: bool = False, overwrite: bool = False,
     verify_hashes: bool = False, progress: bool = True, traces_per_forward: int = 1,
 ) -> CacheReport:

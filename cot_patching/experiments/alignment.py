@@ -7,11 +7,11 @@ P + tok_start(k) ... P + tok_end(k) - 1 of prompt + trace.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from cot_patching.runs.artifacts import RunRecord
 from cot_patching.experiments.patching import answer_target
 from cot_patching.traces.analysis import first_difference
+from cot_patching.models.loading import LoadedModel
 
 ALIGNMENTS = ("step", "final_answer", "position")
 ANSWERS = ("gold", "wrong")  # the two scoring rows of every trace, in this order
@@ -48,7 +48,7 @@ class ScoredTrace:
         return [span["step_idx"] for span in self.record.step_spans]
 
 
-def scored_trace(model: Any, record: RunRecord, gold: str, wrong: str) -> ScoredTrace:
+def scored_trace(model: LoadedModel, record: RunRecord, gold: str, wrong: str) -> ScoredTrace:
     """The trace with the gold and the wrong answer each written right after its `Final Answer:`."""
     context, gold_ids = answer_target(model, record, gold)
     _, wrong_ids = answer_target(model, record, wrong)

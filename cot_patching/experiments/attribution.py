@@ -19,6 +19,7 @@ from torch import Tensor
 from cot_patching.activations.cache import hook_name
 from cot_patching.experiments.alignment import Cell, ScoredTrace
 from cot_patching.experiments.patching import padded_batch, rows_target_logprobs
+from cot_patching.models.loading import LoadedModel
 
 LEAF_HOOK = hook_name(0, "resid_pre")  # gradients start here: everything after it is in the graph
 
@@ -32,7 +33,7 @@ class RecipientGradients:
     grads: dict[str, Float[Tensor, "row pos d_model"]]
 
 
-def recipient_gradients(model: Any, recipient: ScoredTrace, names: Sequence[str]) -> RecipientGradients:
+def recipient_gradients(model: LoadedModel, recipient: ScoredTrace, names: Sequence[str]) -> RecipientGradients:
     """One forward and one backward over R's two scoring rows: activations and d metric(R) / d activation."""
     captured: dict[str, Tensor] = {}
     wanted = set(names)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from cot_patching.activations.cache import hook_name
 from cot_patching.runs.artifacts import RunRecord
+from cot_patching.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def _row_hooks(patches_by_row: Sequence[Sequence[ResidualPatch]], device: torch.
 
 @torch.inference_mode()
 def run_rows_with_patches(
-    model: Any, rows: Sequence[Sequence[int]], patches_by_row: Sequence[Sequence[ResidualPatch]] | None = None,
+    model: LoadedModel, rows: Sequence[Sequence[int]], patches_by_row: Sequence[Sequence[ResidualPatch]] | None = None,
 ) -> Float[Tensor, "row pos vocab"]:
     """Logits of one forward over right-padded `rows`, row r with `patches_by_row[r]` applied."""
     patches_by_row = patches_by_row if patches_by_row is not None else [()] * len(rows)
@@ -81,7 +82,7 @@ def run_rows_with_patches(
 
 
 def run_with_patches(
-    model: Any, input_ids: Sequence[int], patches: Sequence[ResidualPatch] = ()
+    model: LoadedModel, input_ids: Sequence[int], patches: Sequence[ResidualPatch] = ()
 ) -> Float[Tensor, "pos vocab"]:
     """Logits of one forward over `input_ids` with every patch applied."""
     return run_rows_with_patches(model, [input_ids], [patches])[0]
@@ -100,7 +101,7 @@ def rows_target_logprobs(
 
 
 def target_logprobs(
-    model: Any, context_ids: Sequence[int], target_ids: Sequence[int],
+    model: LoadedModel, context_ids: Sequence[int], target_ids: Sequence[int],
     patches: Sequence[ResidualPatch] = (),
 ) -> Float[Tensor, "n_targets"]:
     """log p(target token | context + earlier targets) for each target token, with patches applied."""
@@ -119,7 +120,7 @@ def final_answer_target(record: RunRecord) -> tuple[list[int], list[int]]:
     return context, list(record.token_ids[span["tok_start"]: span["tok_end"]])
 
 
-def answer_target(model: Any, record: RunRecord, answer: str) -> tuple[list[int], list[int]]:
+def answer_target(model: LoadedModel, record: RunRecord, answer: str) -> tuple[list[int], list[int]]:
     """(context, targets) to score `answer` (e.g. the gold) written right after the trace's `Final Answer:`."""
     span = record.final_answer_span
     if span is None:

@@ -30,6 +30,7 @@ from cot_patching.experiments.tables import (
 )
 from cot_patching.runs.directory import directory_lock
 from cot_patching.models.loading import file_sha256
+from cot_patching.models.loading import LoadedModel
 
 SETTINGS_FILE = "settings.json"
 PROGRESS_FILE = "progress.jsonl"
@@ -147,7 +148,7 @@ def _attribution_lines(result: DirectionResult, grads: Any) -> tuple[list[str], 
 
 
 def run_study(
-    model: Any, results_dir: str | Path, out_dir: str | Path, settings: SweepSettings, model_info: dict[str, Any],
+    model: LoadedModel, results_dir: str | Path, out_dir: str | Path, settings: SweepSettings, model_info: dict[str, Any],
     pair_ids: Sequence[str] | None = None, attribution: bool = True, overwrite: bool = False,
     progress: bool = True, argv: Sequence[str] = (), plots: bool = True,
 ) -> StudyReport:

@@ -11,7 +11,7 @@ Definitions (README "Patching: definitions"; `DEFINITIONS_VERSION` changes when 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from jaxtyping import Float
@@ -23,6 +23,7 @@ from cot_patching.experiments.alignment import ALIGNMENTS, Cell, ScoredTrace, ce
 from cot_patching.experiments.patching import (
     ResidualPatch, padded_batch, rows_target_logprobs, run_rows_with_patches,
 )
+from cot_patching.models.loading import LoadedModel
 
 DEFINITIONS_VERSION = 1
 DIRECTIONS = {"denoise": ("incorrect", "correct"), "noise": ("correct", "incorrect")}  # (recipient, source)
@@ -79,7 +80,7 @@ def metric_from_logprobs(gold: Float[Tensor, "n_gold"], wrong: Float[Tensor, "n_
     return float(gold.sum().item() - wrong.sum().item())
 
 
-def trace_metric(model: Any, trace: ScoredTrace) -> float:
+def trace_metric(model: LoadedModel, trace: ScoredTrace) -> float:
     """metric(R) for a trace, from one forward over its two scoring rows."""
     logits = run_rows_with_patches(model, trace.rows())
     gold, wrong = rows_target_logprobs(logits, [len(trace.context)] * 2, trace.targets)
@@ -88,7 +89,7 @@ def trace_metric(model: Any, trace: ScoredTrace) -> float:
 
 @torch.inference_mode()
 def source_activations(
-    model: Any, source: ScoredTrace, targets: tuple[list[int], list[int]], names: Sequence[str],
+    model: LoadedModel, source: ScoredTrace, targets: tuple[list[int], list[int]], names: Sequence[str],
 ) -> dict[str, Float[Tensor, "row pos d_model"]]:
     """The source's activations at `names`, run on its own context + the given answer tokens (two rows)."""
     tokens = padded_batch(source.rows(targets)).to(model.device)
@@ -105,7 +106,7 @@ def cell_patches(cell: Cell, layer: int, hook: str, acts: dict[str, Tensor]) -> 
 
 
 def patched_metrics(
-    model: Any, recipient: ScoredTrace, patch_sets: Sequence[list[list[ResidualPatch]]], cells_per_forward: int = 1,
+    model: LoadedModel, recipient: ScoredTrace, patch_sets: Sequence[list[list[ResidualPatch]]], cells_per_forward: int = 1,
 ) -> list[float]:
     """metric(R) with each patch set applied, `cells_per_forward` patch sets (2 rows each) per forward."""
     out: list[float] = []
@@ -132,7 +133,7 @@ class PairTraces:
         return self.traces[recipient], self.traces[source]
 
 
-def pair_traces(model: Any, pair: LoadedPair) -> PairTraces:
+def pair_traces(model: LoadedModel, pair: LoadedPair) -> PairTraces:
     """Score both traces of a pair on g (the gold) and w (the incorrect trace's normalized answer)."""
     wrong = pair.incorrect.normalized_answer
     if wrong is None:
@@ -152,7 +153,7 @@ class DirectionResult:
 
 
 def sweep_direction(
-    model: Any, traces: PairTraces, direction: str, settings: SweepSettings,
+    model: LoadedModel, traces: PairTraces, direction: str, settings: SweepSettings,
     metrics: dict[str, float] | None = None,
 ) -> DirectionResult:
     """Every cell of one direction (alignments x cells x hooks x layers), with its patched metric."""

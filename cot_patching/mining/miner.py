@@ -21,6 +21,7 @@ from cot_patching.decoding.batched import (
 from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample
 from cot_patching.mining.settings import SETTINGS_BEFORE_RECORDED, MineSettings
 from cot_patching.traces.analysis import analyze_trace
+from cot_patching.models.loading import LoadedModel
 
 
 class MiningError(RuntimeError):
@@ -121,7 +122,7 @@ def clear_outdir(outdir: Path) -> None:
 
 def mine(
     problems: Sequence[Problem],
-    model: Any,
+    model: LoadedModel,
     settings: MineSettings,
     outdir: str | Path,
     min_pairs: int = 20,
@@ -169,7 +170,7 @@ def mine(
 
 
 def _mine_one_at_a_time(
-    problems: Sequence[Problem], model: Any, settings: MineSettings, outdir: Path, min_pairs: int,
+    problems: Sequence[Problem], model: LoadedModel, settings: MineSettings, outdir: Path, min_pairs: int,
     tally: artifacts.RunTally, appender: artifacts.RunsAppender, bar: Any, sampler: Sampler,
 ) -> int:
     """The seed protocol: each problem's attempts in order until its pair, problems in file order; attempts made."""
@@ -235,7 +236,7 @@ def next_group(
 
 
 def _mine_in_groups(
-    problems: Sequence[Problem], model: Any, settings: MineSettings, outdir: Path, min_pairs: int,
+    problems: Sequence[Problem], model: LoadedModel, settings: MineSettings, outdir: Path, min_pairs: int,
     tally: artifacts.RunTally, runs: Sequence[RunLine], appender: artifacts.RunsAppender, bar: Any,
 ) -> int:
     """`--batch-size N`: decode the next attempt of the first N due problems together, record them in slot order,
@@ -299,7 +300,7 @@ def _mine_in_groups(
     return attempts_this_call
 
 
-def _check_batch_fits(model: Any, size: int, cache_len: int, width: int) -> None:
+def _check_batch_fits(model: LoadedModel, size: int, cache_len: int, width: int) -> None:
     """Refuse, before decoding, a batch size whose caches and buffers do not fit the GPU's free memory."""
     import torch
 
@@ -320,7 +321,7 @@ def _finished(problem_id: str, tally: artifacts.RunTally, schedule: Sequence[flo
     return problem_id in tally.by_id or len(tally.by_problem.get(problem_id, [])) >= len(schedule)
 
 def run_attempt(
-    model: Any, problem: Problem, prompt: EncodedPrompt, attempt: int, temperature: float,
+    model: LoadedModel, problem: Problem, prompt: EncodedPrompt, attempt: int, temperature: float,
     settings: MineSettings, sampler: Sampler = sample,
 ) -> RunRecord:
     """Decode, parse and score one attempt into its runs.jsonl record."""
@@ -330,7 +331,7 @@ def run_attempt(
 
 
 def attempt_record(
-    model: Any, problem: Problem, prompt: EncodedPrompt, attempt: int, temperature: float,
+    model: LoadedModel, problem: Problem, prompt: EncodedPrompt, attempt: int, temperature: float,
     settings: MineSettings, generation: Generation, batch: BatchLayout | None = None,
 ) -> RunRecord:
     """Parse and score a decoded attempt into its runs.jsonl record."""
