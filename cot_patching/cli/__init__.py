@@ -14,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain text: "[default: 8]" must show, not be read as a style tag
 )
 app.command("mine")(mine.mine_command)
 app.command("reproduce")(reproduce.reproduce_command)
