@@ -5,4 +5,6 @@ import typer
 from cot_patching.cli.mine import mine_command
 
 if __name__ == "__main__":
-    typer.run(mine_command)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    app.command()(mine_command)
+    app()
