@@ -164,7 +164,7 @@ LAYOUTS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], 
 }
 
 
-def _weights_to_lay_out(model: Any) -> Iterator[tuple[torch.nn.Parameter, str]]:
+def _weights_to_lay_out(model: Any) -> Iterator[tuple[Tensor, str]]:
     from transformer_lens.components import Unembed
     from transformer_lens.components.abstract_attention import AbstractAttention
     from transformer_lens.components.mlps.gated_mlp import GatedMLP
