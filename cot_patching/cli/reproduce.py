@@ -27,27 +27,23 @@ def reproduce_command(
 ) -> None:
     """Replay attempts from their logged model, prompt ids, T, top-p, max tokens and seed."""
     from cot_patching.runs import artifacts
+    from cot_patching.runs.directory import RunDirectory
     from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model
     from cot_patching.models.loading import check_loaded_identity, load_model
     from cot_patching.decoding.replay import replay_attempts
 
     with clear_errors():
         root = Path(outdir)
-        runs_path = root / artifacts.RUNS_FILE
-        if not runs_path.is_file():
+        run = RunDirectory(root)
+        if not run.is_run():
             raise artifacts.ArtifactError(f"{root} has no {artifacts.RUNS_FILE}")
         if all_runs:
-            records = [line.record for line in artifacts.read_runs(runs_path)]
+            records = [line.record for line in run.runs()]
         elif all_pairs:
-            refs = []
-            for pair in artifacts.read_pairs(root / artifacts.PAIRS_FILE):
-                refs += [pair.correct_ref["runs_offset"], pair.incorrect_ref["runs_offset"]]
-            records = [artifacts.read_run_at(runs_path, offset) for offset in refs]
+            pairs = run.loaded_pairs() if run.pairs_path.is_file() else []
+            records = [record for pair in pairs for record in (pair.correct, pair.incorrect)]
         elif id is not None and attempt is not None:
-            records = [line.record for line in artifacts.read_runs(runs_path)
-                       if line.record.id == id and line.record.attempt == attempt]
-            if not records:
-                raise artifacts.ArtifactError(f"no attempt {attempt} of {id!r} in {runs_path}")
+            records = [run.record(id, attempt)]
         else:
             raise ValueError("give --id and --attempt, --all-pairs or --all-runs")
         if not records:
