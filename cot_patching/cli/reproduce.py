@@ -28,7 +28,7 @@ def reproduce_command(
     """Replay attempts from their logged model, prompt ids, T, top-p, max tokens and seed."""
     from cot_patching.runs import artifacts
     from cot_patching.runs.directory import RunDirectory
-    from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model
+    from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model, warn_version_drift
     from cot_patching.models.loading import check_loaded_identity, load_model
     from cot_patching.decoding.replay import replay_attempts
 
@@ -50,6 +50,7 @@ def reproduce_command(
             typer.echo("no pairs to replay")
             return
         found = run_model(root, model)
+        warn_version_drift(root)
         recorded_model = found.recorded
         model_names = {r.model for r in records}
         if model_names != {found.recorded_name}:

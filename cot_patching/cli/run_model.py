@@ -96,3 +96,16 @@ def load_run_model(root: Path, override: str | None, device: str | None, backend
     check_loaded_identity(loaded.info, found.recorded)
     check_tokenizer(root, found, loaded.tokenizer)
     return found, loaded
+
+
+def warn_version_drift(root: Path) -> None:
+    """Warn on stderr for each numerics package installed at another version than the run was mined with."""
+    from cot_patching.runs import artifacts
+
+    try:
+        manifest = artifacts.load_manifest(root)
+    except artifacts.ArtifactError:
+        return  # validate reports a missing or damaged manifest itself; the other commands refuse it
+    for line in artifacts.version_drift(manifest):
+        typer.echo(f"warning: {line}; tokens can differ (the versions of the committed runs: constraints.txt)",
+                   err=True)

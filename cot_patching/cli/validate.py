@@ -21,13 +21,14 @@ def validate_command(
 ) -> None:
     """Print each violation as FILE:LINE: message; exit 1 if there is any."""
     from cot_patching.runs import artifacts
-    from cot_patching.cli.run_model import run_tokenizer
+    from cot_patching.cli.run_model import run_tokenizer, warn_version_drift
     from cot_patching.mining.validate import validate_outdir
 
     with clear_errors():
         root = Path(outdir)
         if not root.is_dir():
             raise artifacts.ArtifactError(f"{root} is not a directory")
+        warn_version_drift(root)
         tokenizer = None
         if tokens:
             tokenizer = run_tokenizer(root, model)

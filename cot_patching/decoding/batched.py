@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from cot_patching.decoding.cuda_graphs import capture_graph
+from cot_patching.decoding.hf_cache import cache_keyword
 from cot_patching.decoding.sampling import CACHE_BUCKET, STOP_CHECK_INTERVAL, DecodeConfig, Generation
 
 BATCH_SAMPLER = "rows-v1"
@@ -145,6 +146,7 @@ class BatchedDecoder:
         parameter = next(hf_model.parameters())
         device, dtype = parameter.device, parameter.dtype
         self.cache = StaticCache(config=hf_model.config, max_cache_len=cache_len)
+        self.cache_keyword = cache_keyword(hf_model)
         self.input_ids = torch.zeros((size, 1), dtype=torch.long, device=device)
         self.pads = torch.zeros((size,), dtype=torch.long, device=device)
         self.position = torch.zeros((1,), dtype=torch.long, device=device)
@@ -172,7 +174,8 @@ class BatchedDecoder:
         mask = torch.where(allowed, self.visible, self.hidden)[:, None]
         positions = (cache_position[None, :] - self.pads[:, None]).clamp(min=0)
         model = self.step_model if input_ids.shape[1] == 1 else self.hf_model
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                    **{self.cache_keyword: self.cache},
                     cache_position=cache_position, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]
 

@@ -13,6 +13,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from cot_patching.decoding.hf_cache import cache_keyword
+
 
 class GraphedDecoder:
     """Prefill eagerly into a static cache, then decode one token per `graph.replay()`."""
@@ -27,6 +29,7 @@ class GraphedDecoder:
         self.max_cache_len = max_cache_len
         device = next(hf_model.parameters()).device
         self.cache = StaticCache(config=hf_model.config, max_cache_len=max_cache_len)
+        self.cache_keyword = cache_keyword(hf_model)
         self.input_ids = torch.zeros((1, 1), dtype=torch.long, device=device)
         self.position = torch.zeros((1,), dtype=torch.long, device=device)
         self.logits: Tensor | None = None
@@ -43,8 +46,8 @@ class GraphedDecoder:
         allowed = self.key_positions[None, :] <= cache_position[:, None]
         mask = torch.where(allowed, self.visible, self.hidden)[None, None]
         model = self.step_model if input_ids.shape[1] == 1 else self.hf_model
-        out = model(input_ids=input_ids, attention_mask=mask, past_key_values=self.cache,
-                            cache_position=cache_position, use_cache=True)
+        out = model(input_ids=input_ids, attention_mask=mask, **{self.cache_keyword: self.cache},
+                    cache_position=cache_position, use_cache=True)
         return out.logits
 
     def prefill(self, prompt_ids: Sequence[int]) -> Float[Tensor, "vocab"]:

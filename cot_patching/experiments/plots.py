@@ -7,6 +7,9 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from cot_patching.runs import artifacts
+
+SVG_HASH_SALT = "cot-patching"
 ANSWER_COLUMN = "answer"  # the final_answer alignment, shown as the last column
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -110,11 +113,17 @@ def write_heatmaps(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[
 
 
 def _save(fig: Any, stem: Path) -> list[Path]:
+    import io
+
+    import matplotlib
+
     paths = []
     for suffix in (".png", ".svg"):
         path = stem.with_suffix(suffix)
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, dpi=150, format=suffix[1:], metadata={"Date": None} if suffix == ".svg" else None)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        # a fixed salt: SVG element ids are otherwise random, and the same study would differ run to run
+        with matplotlib.rc_context({"svg.hashsalt": SVG_HASH_SALT}):
+            fig.savefig(buffer, dpi=150, format=suffix[1:], metadata={"Date": None} if suffix == ".svg" else None)
+        artifacts.atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
     return paths

@@ -79,12 +79,53 @@ def study_definition(settings: SweepSettings, pair_ids: Sequence[str], attributi
     }
 
 
+def read_study_settings(out_dir: Path) -> dict[str, Any] | None:
+    """The study's settings.json in `out_dir` (None: there is none); a settings.json that is not a study's is refused."""
+    path = out_dir / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StudyError(f"{path} is not a patching study's settings file ({err}); nothing was changed: "
+                         "use another --out") from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("study"), dict):
+        raise StudyError(f"{path} is not a patching study's settings file (no 'study' entry); nothing was changed: "
+                         "use another --out")
+    return settings
+
+
+def _is_study_file_name(name: str) -> bool:
+    return name in STUDY_FILES or (name.startswith(PLOT_PREFIX) and name.endswith((".png", ".svg")))
+
+
 def owned_study_files(out_dir: Path) -> list[Path]:
-    """The files a study wrote in `out_dir` (tables, settings, progress, agreement, heatmaps)."""
-    if not out_dir.is_dir():
+    """The files the study in `out_dir` lists as its own: its tables, settings, progress, agreement and the
+    heatmaps its settings.json records (none where `out_dir` holds no study)."""
+    settings = read_study_settings(out_dir) if out_dir.is_dir() else None
+    if settings is None:
         return []
-    return sorted(path for path in out_dir.iterdir()
-                  if path.name in STUDY_FILES or (path.name.startswith(PLOT_PREFIX) and path.suffix in (".png", ".svg")))
+    names = set(STUDY_FILES)
+    listed = settings.get("files")
+    if isinstance(listed, list):
+        names |= {name for name in listed if isinstance(name, str) and Path(name).name == name}
+    else:  # studies written before settings.json listed their files: heatmaps named after its directions and hooks
+        sweep = settings["study"].get("sweep") or {}
+        prefixes = tuple(f"{PLOT_PREFIX}{direction}_{hook}_" for direction in sweep.get("directions") or []
+                         for hook in sweep.get("hooks") or [])
+        names |= {path.name for path in out_dir.iterdir() if prefixes and path.name.startswith(prefixes)
+                  and path.suffix in (".png", ".svg")}
+    return sorted(out_dir / name for name in names if (out_dir / name).is_file())
+
+
+def _refuse_foreign_files(out_dir: Path) -> None:
+    """Refuse a folder without a study's settings.json that holds files a study would write over."""
+    foreign = sorted(path.name for path in out_dir.iterdir()
+                     if _is_study_file_name(path.name) and path.name != artifacts.LOCK_FILE)
+    if foreign:
+        raise StudyError(f"{out_dir} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''} but no "
+                         f"study {SETTINGS_FILE}: it is not a patching study of ours and nothing was changed; "
+                         "use an empty or new --out")
 
 
 def _read_progress(out_dir: Path) -> list[dict[str, Any]]:
@@ -107,12 +148,17 @@ def prepare_out_dir(out_dir: Path, definition: dict[str, Any], record: dict[str,
                     attribution: bool) -> set[tuple[str, str]]:
     """Create or check the study directory; cut torn tails; the (pair, direction) units already done."""
     settings_path = out_dir / SETTINGS_FILE
-    if overwrite:
+    existing = read_study_settings(out_dir)
+    if existing is None:
+        _refuse_foreign_files(out_dir)
+    elif overwrite:
         for path in owned_study_files(out_dir):
-            if path.name != artifacts.LOCK_FILE:
+            if path.name not in (artifacts.LOCK_FILE, SETTINGS_FILE):
                 path.unlink()
-    if settings_path.exists():
-        recorded = json.loads(settings_path.read_text("utf-8")).get("study", {})
+        settings_path.unlink()  # last: until it goes, a killed --overwrite is still recognised as a study
+        existing = None
+    if existing is not None:
+        recorded = existing["study"]
         for key in definition:
             if recorded.get(key) != definition[key]:
                 raise StudyError(f"{out_dir} holds a study with a different {key} ({recorded.get(key)!r}); use "
@@ -205,7 +251,12 @@ def run_study(
         if plots:
             from cot_patching.experiments.plots import write_heatmaps
 
-            write_heatmaps(rows, out_dir)
+            plots_written = write_heatmaps(rows, out_dir)
+            study_settings = read_study_settings(out_dir) or {}
+            listed = [name for name in study_settings.get("files") or [] if isinstance(name, str)]
+            files = sorted(set(listed) | {path.name for path in plots_written})
+            if files != listed:
+                artifacts.write_json(out_dir / SETTINGS_FILE, {**study_settings, "files": files})
     return StudyReport(len(todo), len(units) - len(todo), rows_written, time.monotonic() - started, agreement)
 
 

@@ -73,8 +73,30 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any, name: str) -> Any:
 
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    hand_cache_to_attention(bridge)
     bridge.eval()
     return bridge
+
+
+def hand_cache_to_attention(bridge: Any) -> int:
+    """Make every attention bridge of `bridge` see the layer's KV cache under `past_key_values`; how many.
+
+    From transformers 5.24 a decoder layer passes its cache to attention as `cache=`, while TransformerLens 4.3's
+    attention bridges (which recompute attention themselves, so that hooks see scores and patterns) read only
+    `past_key_values` / `layer_past`: without this every decode step attended to itself alone and generation
+    ignored the prompt. `models.loading` checks cached against uncached logits at every load.
+    """
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    def pass_cache_on(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+            kwargs = {**kwargs, "past_key_values": kwargs["cache"]}
+        return args, kwargs
+
+    attention = [module for module in bridge.modules() if isinstance(module, AttentionBridge)]
+    for module in attention:
+        module.register_forward_pre_hook(pass_cache_on, with_kwargs=True)
+    return len(attention)
 
 
 def hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: torch.device, dtype: torch.dtype) -> Any:
@@ -87,9 +109,9 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: torch.devic
     from transformer_lens import HookedTransformer
 
     quantization = getattr(hf_model.config, "quantization_config", None)
-    if quantization is not None and _quant_method(quantization) != "gguf":
+    if quantization is not None and quant_method(quantization) != "gguf":
         raise BackendError(
-            f"the hooked backend cannot run a {_quant_method(quantization)}-quantized model "
+            f"the hooked backend cannot run a {quant_method(quantization)}-quantized model "
             "(HookedTransformer reads weights directly); load it unquantized or use --backend bridge"
         )
     with _config_dir(hf_model) as config_dir, _without_quantization_config(hf_model):
@@ -112,7 +134,8 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, name: str, device: torch.devic
     return model
 
 
-def _quant_method(quantization: Any) -> str:
+def quant_method(quantization: Any) -> str:
+    """The quantization method a `quantization_config` names (`gguf`, `bitsandbytes`, ...)."""
     method = quantization.get("quant_method") if isinstance(quantization, dict) else \
         getattr(quantization, "quant_method", "")
     return str(getattr(method, "value", method))

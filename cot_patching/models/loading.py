@@ -14,7 +14,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from cot_patching.models.backends import BRIDGE, HOOKED, BackendError, bridge_from_hf, hooked_from_hf, resolve_backend
+from cot_patching.decoding.hf_cache import cache_keyword, output_cache
+from cot_patching.models.backends import (
+    BRIDGE, HOOKED, BackendError, bridge_from_hf, hooked_from_hf, quant_method, resolve_backend,
+)
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 MODEL_ALIASES = {"meta-llama/Meta-Llama-3.1-8B-Instruct": DEFAULT_MODEL}
@@ -94,8 +97,9 @@ class LoadedModel:
 
                 past = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, 1)
             return self.model(input_ids, return_type="logits", past_kv_cache=past)[0, -1], past
-        out = self.model.original_model(input_ids=input_ids, past_key_values=past, use_cache=True)
-        return out.logits[0, -1], out.past_key_values
+        hf_model = self.model.original_model
+        out = hf_model(input_ids=input_ids, **{cache_keyword(hf_model): past}, use_cache=True)
+        return out.logits[0, -1], output_cache(out)
 
     @property
     def decode_path(self) -> str:
@@ -370,7 +374,6 @@ def _load_one(
         path=None if source.path is None else str(Path(source.path) / (source.gguf_file or "")),
         backend=backend,
     )
-    _probe_forward(loaded)
     return loaded
 
 
@@ -393,16 +396,89 @@ def from_hf_model(
         backend=backend, tokenizer_sha256=tokenizer_sha256(tokenizer),
         n_layers=int(model.cfg.n_layers), d_model=int(model.cfg.d_model),
     )
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info,
-                       stop_token_ids=stop_token_ids(tokenizer, hf_model))
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, info=info,
+                         stop_token_ids=stop_token_ids(tokenizer, hf_model))
+    check_kv_cache(loaded)
+    return loaded
 
 
-def _probe_forward(loaded: LoadedModel) -> None:
-    """One small forward so that OOM on the first forward happens here, inside the fallback."""
-    ids = torch.tensor([[loaded.tokenizer.bos_token_id or 0] * 8], device=loaded.device)
-    with torch.inference_mode():
-        loaded.logits(ids)
+CACHE_CHECK_PREFIX, CACHE_CHECK_STEPS = 4, 4
+# Cached and uncached forwards differ by rounding only (fp32: ~1e-4 of the logits' scale); a cache the forward
+# ignores or misplaces moves logits by their own scale.
+CACHE_CHECK_TOLERANCE = {torch.float32: 1e-3}
+HALF_PRECISION_TOLERANCE = 1e-1
 
+
+class CacheCheckError(ModelLoadError):
+    """Decoding with the KV cache gives other logits than the full forward: the installed versions disagree."""
+
+
+@torch.inference_mode()
+def check_kv_cache(loaded: LoadedModel) -> float:
+    """Refuse a model whose cached decode logits differ from its full forward's; the largest relative difference.
+
+    Runs a prefix, then one token at a time through `LoadedModel.step` (and, on the bridge, the default batched
+    decoder), against one forward over the whole sequence. This is also the first forward, so a CUDA OOM surfaces
+    here, inside `load_model`'s fallback.
+    """
+    vocab = int(loaded.model.cfg.d_vocab)
+    ids = torch.tensor([[(1 + 37 * i) % vocab for i in range(CACHE_CHECK_PREFIX + CACHE_CHECK_STEPS)]],
+                       device=loaded.device)
+    full = loaded.logits(ids)[0].float()
+    cached = _stepped_logits(loaded, ids)
+    if loaded.info.backend == BRIDGE and not _bitsandbytes_quantized(loaded.model.original_model):
+        cached += _batched_logits(loaded, ids)
+    tolerance = CACHE_CHECK_TOLERANCE.get(DTYPES[loaded.info.dtype], HALF_PRECISION_TOLERANCE)
+    worst = 0.0
+    for position, logits in cached:
+        reference = full[position]
+        difference = float((logits.float() - reference).abs().max() / reference.abs().max().clamp(min=1.0))
+        worst = max(worst, difference)
+    if worst > tolerance:
+        raise CacheCheckError(
+            f"{loaded.info.name}: logits decoded with the KV cache differ from the full forward's by {worst:.3g} "
+            f"of their scale (tolerance {tolerance:g}) under {_versions_line()}: this combination breaks cached "
+            "decoding (it would decode garbage); install the versions in constraints.txt"
+        )
+    return worst
+
+
+def _stepped_logits(loaded: LoadedModel, ids: Int[Tensor, "1 pos"]) -> list[tuple[int, Tensor]]:
+    logits, past = loaded.step(ids[:, :CACHE_CHECK_PREFIX], None)
+    out = [(CACHE_CHECK_PREFIX - 1, logits)]
+    for position in range(CACHE_CHECK_PREFIX, ids.shape[1]):
+        logits, past = loaded.step(ids[:, position: position + 1], past)
+        out.append((position, logits))
+    return out
+
+
+def _batched_logits(loaded: LoadedModel, ids: Int[Tensor, "1 pos"]) -> list[tuple[int, Tensor]]:
+    from cot_patching.decoding.batched import DEFAULT_BATCH_PATH
+
+    eager_path = DEFAULT_BATCH_PATH["cpu"]  # the default modules, without a graph capture at load time
+    decoder = loaded.batched_decoder(1, 2 * ids.shape[1], eager_path)
+    out = [(CACHE_CHECK_PREFIX - 1, decoder.prefill([ids[0, :CACHE_CHECK_PREFIX].tolist()], CACHE_CHECK_PREFIX)[0])]
+    for position in range(CACHE_CHECK_PREFIX, ids.shape[1]):
+        out.append((position, decoder.step(ids[0, position: position + 1])[0]))
+    loaded._graphed.pop(("batched", 1, 2 * ids.shape[1], eager_path), None)
+    return out
+
+
+def _bitsandbytes_quantized(hf_model: Any) -> bool:
+    quantization = getattr(hf_model.config, "quantization_config", None)
+    return quantization is not None and quant_method(quantization) != "gguf"
+
+
+def _versions_line() -> str:
+    import importlib.metadata
+
+    found = []
+    for package in ("transformers", "transformer-lens", "torch"):
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return ", ".join(found)
 
 
 def check_identity(source: ModelSource, recorded: dict[str, Any]) -> None:

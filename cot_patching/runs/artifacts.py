@@ -144,11 +144,16 @@ class PairRecord:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` via a temp file in the same folder, fsync and rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same folder, fsync and rename (a failure leaves no temp)."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, default_file_mode())
@@ -617,20 +622,45 @@ def recorded_backend(outdir: Path) -> str | None:
     return manifest.get("settings", {}).get("backend") or (manifest.get("model") or {}).get("backend") or "bridge"
 
 
-def environment_facts() -> dict[str, Any]:
-    """Versions of the software that decides numerics, and the device it ran on."""
+RECORDED_PACKAGES = ("torch", "transformers", "transformer-lens", "cot-patching", "gguf", "tokenizers")
+# The packages whose version decides the tokens a replay produces (cot-patching's own rules are versioned apart).
+NUMERICS_PACKAGES = ("torch", "transformers", "transformer-lens", "gguf", "tokenizers")
+
+
+def installed_versions() -> dict[str, str | None]:
+    """The installed version of each package a run records (None: not installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import platform
-
-    import torch
-
     versions: dict[str, str | None] = {}
-    for package in ("torch", "transformers", "transformer-lens", "cot-patching", "gguf", "tokenizers"):
+    for package in RECORDED_PACKAGES:
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
+    return versions
+
+
+def version_drift(manifest: dict[str, Any]) -> list[str]:
+    """One line per numerics package whose installed version no session of the run was mined with."""
+    sessions = manifest.get("sessions") if isinstance(manifest, dict) else None
+    recorded: dict[str, set[str]] = {}
+    for session in sessions if isinstance(sessions, list) else []:
+        versions = (session.get("environment") or {}).get("versions") if isinstance(session, dict) else None
+        for package, value in (versions or {}).items():
+            if value is not None:
+                recorded.setdefault(package, set()).add(str(value))
+    installed = installed_versions()
+    return [f"{package} {installed[package]} is installed; the run was mined with {', '.join(sorted(recorded[package]))}"
+            for package in NUMERICS_PACKAGES if package in recorded and installed[package] not in recorded[package]]
+
+
+def environment_facts() -> dict[str, Any]:
+    """Versions of the software that decides numerics, and the device it ran on."""
+    import platform
+
+    import torch
+
+    versions = installed_versions()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "versions": versions,

@@ -1,0 +1,97 @@
+"""Canaries for dependency drift: our greedy tokens == plain Hugging Face `generate` today == the stored goldens.
+
+A transformers release that changes the KV-cache API (5.24 renamed `past_key_values` to `cache`) made our decoders
+emit garbage while plain `generate` stayed right; these tests fail on that, and the load-time cache check refuses
+such a model outright. `scripts/check_newest_versions.sh` runs them against the newest releases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from golden_tokens import QWEN_GGUF, load_golden, mining_prompts, model_spec, plain_greedy, plain_hf_model
+
+from cot_patching.decoding.batched import BatchRow, cache_len_for, sample_batch
+from cot_patching.decoding.sampling import DecodeConfig, sample
+from cot_patching.models.loading import CacheCheckError, LoadedModel, check_kv_cache, load_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.canary]
+MODELS = ["embedded", pytest.param("qwen2.5-coder-0.5b", marks=pytest.mark.skipif(
+    not QWEN_GGUF.is_file(), reason="scripts/fetch_qwen_coder_gguf.sh not run"))]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def golden_model(request: pytest.FixtureRequest) -> tuple[str, LoadedModel, Any]:
+    """(key, our loaded model, a separately loaded plain Hugging Face model) of each golden model."""
+    key = request.param
+    loaded = load_model(model_spec(key), device="cpu", dtype="fp32")
+    hf_model, _ = plain_hf_model(model_spec(key))
+    return key, loaded, hf_model
+
+
+def test_the_stored_goldens_name_the_installed_model_files(golden_model: tuple[str, LoadedModel, Any]) -> None:
+    key, loaded, _ = golden_model
+    assert loaded.info.revision == load_golden()[key]["revision"]
+
+
+def test_plain_generate_still_gives_the_golden_tokens(golden_model: tuple[str, LoadedModel, Any]) -> None:
+    key, loaded, hf_model = golden_model
+    golden = load_golden()[key]
+    for prompt in golden["prompts"]:
+        got = plain_greedy(hf_model, prompt["prompt_ids"], golden["max_new_tokens"], loaded.stop_token_ids)
+        assert got == prompt["token_ids"], f"{key} {prompt['id']}: plain generate drifted from the golden tokens"
+
+
+def test_our_batch_1_greedy_equals_plain_generate_and_the_goldens(golden_model: tuple[str, LoadedModel, Any]) -> None:
+    key, loaded, hf_model = golden_model
+    golden = load_golden()[key]
+    for problem_id, prompt_ids in mining_prompts(loaded.tokenizer):
+        stored = next(p for p in golden["prompts"] if p["id"] == problem_id)
+        assert prompt_ids == stored["prompt_ids"], f"{problem_id}: the prompt tokenizes differently"
+        ours = sample(loaded, prompt_ids, DecodeConfig(0.0, 1.0, golden["max_new_tokens"]), seed=0).token_ids
+        plain = plain_greedy(hf_model, prompt_ids, golden["max_new_tokens"], loaded.stop_token_ids)
+        assert ours == plain, f"{key} {problem_id}: our greedy tokens differ from plain generate's"
+        assert ours == stored["token_ids"], f"{key} {problem_id}: our greedy tokens differ from the goldens"
+
+
+def test_our_batched_greedy_equals_the_goldens(golden_model: tuple[str, LoadedModel, Any]) -> None:
+    key, loaded, _ = golden_model
+    golden = load_golden()[key]
+    config = DecodeConfig(0.0, 1.0, golden["max_new_tokens"])
+    rows = [BatchRow(p["prompt_ids"], config, seed=0) for p in golden["prompts"]]
+    width = max(len(row.prompt_ids) for row in rows)
+    decoder = loaded.batched_decoder(len(rows), cache_len_for(width, config.max_new_tokens))
+    generations = sample_batch(decoder, rows, loaded.stop_token_ids)
+    for prompt, generation in zip(golden["prompts"], generations):
+        assert generation is not None and generation.token_ids == prompt["token_ids"], f"{key} {prompt['id']}: batched greedy differs"
+
+
+def test_the_load_time_check_refuses_a_model_whose_cache_is_ignored(embedded: LoadedModel,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control: a step that drops its cache (what transformers 5.24 did to the bridge) is refused."""
+    original = LoadedModel.step
+    monkeypatch.setattr(LoadedModel, "step", lambda self, ids, past: original(self, ids, None))
+    with pytest.raises(CacheCheckError, match="differ from the full forward"):
+        check_kv_cache(embedded)
+
+
+def test_without_the_cache_hand_over_the_bridge_decodes_garbage_on_transformers_5_24(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control of the fix itself: where transformers passes `cache=`, the bridge needs the hand-over."""
+    import cot_patching.models.backends as backends
+    from cot_patching.decoding.hf_cache import cache_keyword
+    from transformers import LlamaForCausalLM
+
+    if cache_keyword(LlamaForCausalLM) != "cache":
+        pytest.skip("this transformers passes the cache as past_key_values, which the bridge reads itself")
+    monkeypatch.setattr(backends, "hand_cache_to_attention", lambda bridge: 0)
+    with pytest.raises(CacheCheckError, match="breaks cached decoding"):
+        load_model("embedded", device="cpu", dtype="fp32")
+
+
+def test_check_kv_cache_passes_on_every_loaded_model(embedded: LoadedModel) -> None:
+    assert check_kv_cache(embedded) < 1e-3
+    assert torch.isfinite(embedded.logits(torch.tensor([[1, 2, 3]]))).all()
