@@ -76,6 +76,10 @@ def parse_layers(text: str, n_layers: int) -> tuple[int, ...]:
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad or not layers:
         raise ValueError(f"--layers {text!r}: the model has layers 0..{n_layers - 1}")
+    repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if repeated:
+        raise ValueError(f"--layers {text!r} names layer{'s' if len(repeated) > 1 else ''} "
+                         f"{', '.join(map(str, repeated))} more than once")
     return layers
 
 

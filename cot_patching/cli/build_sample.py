@@ -19,6 +19,8 @@ def build_sample_command(
     from cot_patching.problems import deterministic_sample, read_gsm8k, read_svamp, write_problems
 
     with clear_errors():
+        if n < 1 or skip < 0:
+            raise ValueError(f"--n must be >= 1 and --skip >= 0, got --n {n} --skip {skip}")
         if source == "gsm8k":
             pool = read_gsm8k(split, offline=not hub)
         elif source == "svamp":
@@ -26,5 +28,8 @@ def build_sample_command(
         else:
             raise ValueError(f"unknown --source {source!r}; choose gsm8k or svamp")
         sample = deterministic_sample(pool, n + skip)[skip:]
+        if len(sample) < n:
+            typer.echo(f"warning: the {source} pool has {len(pool)} problems: {len(sample)} left after --skip {skip}",
+                       err=True)
         write_problems(sample, out)
         typer.echo(f"wrote {len(sample)} {source} problems to {out}")

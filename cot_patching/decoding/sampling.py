@@ -54,6 +54,9 @@ def temperature_schedule(temperature_seq: Sequence[float], max_tries: int) -> li
     return schedule[:max_tries]
 
 
+MAX_NEW_TOKENS_LIMIT = 131_072
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """How one attempt is decoded."""
@@ -66,8 +69,10 @@ class DecodeConfig:
         check_temperature(self.temperature)
         if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or \
+                not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS_LIMIT} (the longest context "
+                             f"of the models we run), got {self.max_new_tokens!r}")
 
 
 @dataclass(frozen=True)

@@ -59,10 +59,27 @@ def read_shard(path: Path) -> ShardRun:
     """A shard directory's manifest and runs (raw line bytes kept)."""
     path = Path(path)
     manifest = artifacts.load_manifest(path)
-    shard = (manifest.get("settings") or {}).get("shard")
+    where = path / artifacts.MANIFEST_FILE
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("settings"), dict):
+        raise MiningError(f"{where} is not a mining manifest (no settings object)")
+    shard = manifest["settings"].get("shard")
     if not shard:
         raise MiningError(f"{path} is not a shard (its settings have no shard; mine with --shard K/N)")
-    parsed = parse_shard(shard)
+    schedule = manifest["settings"].get("schedule")
+    if not isinstance(schedule, list) or not schedule:
+        raise MiningError(f"{where}: settings.schedule is missing or not a list of temperatures")
+    sessions = manifest.get("sessions")
+    if not isinstance(sessions, list) or not sessions or not all(isinstance(x, dict) for x in sessions):
+        raise MiningError(f"{where}: sessions is missing or not a list of session objects; the shard's stop rule "
+                          "(min_pairs) is recorded there, so it cannot be merged")
+    min_pairs = (sessions[-1].get("options") or {}).get("min_pairs")
+    if isinstance(min_pairs, bool) or not isinstance(min_pairs, int) or min_pairs < 1:
+        raise MiningError(f"{where}: the last session records no min_pairs (options.min_pairs), the stop rule "
+                          "the merge must apply")
+    try:
+        parsed = parse_shard(shard)
+    except ValueError as err:
+        raise MiningError(f"{where}: {err}") from None
     lines = read_runs_or_explain(path)
     raw: dict[tuple[str, int], bytes] = {}
     with open(path / artifacts.RUNS_FILE, "rb") as handle:
@@ -136,7 +153,7 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
     problems = load_problems(_problems_file(shards, problems_path))
     settings = shards[0].manifest["settings"]
     schedule = settings["schedule"]
-    min_pairs = _facts(shards[0])["min_pairs"] or 20
+    min_pairs = int(_facts(shards[0])["min_pairs"])
     recorded = MineSettings.recorded(shards[0].manifest)
     pair_unparsed, strict = recorded.pair_unparsed, recorded.strict_format
 
@@ -181,12 +198,9 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
     out.mkdir(parents=True, exist_ok=True)
     with directory_lock(out):
         existing = out / artifacts.MANIFEST_FILE
-        if existing.exists() and "merge" not in artifacts.load_manifest(out):
-            raise MiningError(f"{out} holds a mining run, not a merge; merge into a new directory")
-        runs_bytes = b"".join(chosen)
-        tmp = out / (artifacts.RUNS_FILE + ".tmp")
-        tmp.write_bytes(runs_bytes)
-        tmp.replace(out / artifacts.RUNS_FILE)
+        _check_merge_target(out, shards)
+        artifacts.remove_stale_temporaries(out)
+        artifacts.atomic_write_bytes(out / artifacts.RUNS_FILE, b"".join(chosen))
         offsets, position = [], 0
         for raw in chosen:
             offsets.append(position)
@@ -207,6 +221,26 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
         }
         artifacts.write_json(existing, manifest)
     return MergeReport(processed, len(records), len(tally.pairs), dropped, missing)
+
+
+def _check_merge_target(out: Path, shards: Sequence[ShardRun]) -> None:
+    """Refuse an `out` that is not new and not an earlier merge of these same shards (nothing is written)."""
+    manifest_path = out / artifacts.MANIFEST_FILE
+    if not manifest_path.exists():
+        held = [name for name in artifacts.RUN_FILES if (out / name).exists()]
+        if held:
+            raise MiningError(f"{out} holds {', '.join(held)} but no {artifacts.MANIFEST_FILE}: not a merge of "
+                              "these shards; nothing was changed, merge into a new directory")
+        return
+    manifest = artifacts.load_manifest(out)
+    if not isinstance(manifest, dict) or "merge" not in manifest:
+        raise MiningError(f"{out} holds a mining run, not a merge; merge into a new directory")
+    earlier = {(entry.get("shard"), entry.get("dir")) for entry in manifest.get("shards") or []
+               if isinstance(entry, dict)}
+    now = {(f"{shard.index}/{shard.count}", str(shard.path.resolve())) for shard in shards}
+    if earlier != now:
+        raise MiningError(f"{out} is a merge of other shards ({', '.join(sorted(str(d) for _, d in earlier))}); "
+                          "nothing was changed: merge into a new directory")
 
 
 def _shard_entry(shard: ShardRun) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -95,23 +94,39 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
         for problem_id, records in by_problem.items():
             if artifacts.find_pair(records, pair_unparsed) is None and len(records) < len(schedule):
                 report.reopened.append(problem_id)
+        questions = {r.id: question_of(r.prompt) or "" for r in kept}
+        kept_lines, position = [], 0
+        for record in kept:
+            kept_lines.append(RunLine(position, record))
+            position += len(record.to_line())
+        pairs = artifacts.build_pairs(kept_lines, questions, pair_unparsed, strict)
+        report.runs_after, report.pairs_after = len(kept), len(pairs)
+        # Crash safety: the set-aside lines, then the repair's record (marked incomplete), then the rewrite. A rerun
+        # after a kill finds the incomplete record, keeps what it says changed (the rewritten runs.jsonl would
+        # show no change) and finishes the writes, which give the same files again.
         _append_set_aside(root / artifacts.SET_ASIDE_FILE, aside)
+        repairs = manifest.setdefault("repairs", [])
+        if repairs and isinstance(repairs[-1], dict) and repairs[-1].get("complete") is False:
+            entry = repairs[-1]
+        else:
+            entry = {
+                "trace_rules_version": TRACE_RULES_VERSION,
+                "from_trace_rules_version": settings.trace_rules_version,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "argv": list(sys.argv if argv is None else argv),
+                "environment": artifacts.environment_facts()["versions"],
+                "report": report.to_json(),
+                "complete": False,
+            }
+            repairs.append(entry)
+        manifest.setdefault("settings", {})["trace_rules_version"] = TRACE_RULES_VERSION
+        artifacts.write_json(root / artifacts.MANIFEST_FILE, manifest)
         artifacts.atomic_write_text(runs_path, "".join(r.to_line().decode("utf-8") for r in kept))
         runs = artifacts.read_runs(runs_path)
-        questions = {r.id: question_of(r.prompt) or "" for r in kept}
-        pairs = artifacts.build_pairs(runs, questions, pair_unparsed, strict)
         artifacts.write_derived(root, pairs, artifacts.build_summary(runs, pairs))
-        report.runs_after, report.pairs_after = len(kept), len(pairs)
-        manifest.setdefault("settings", {})["trace_rules_version"] = TRACE_RULES_VERSION
-        manifest.setdefault("repairs", []).append({
-            "trace_rules_version": TRACE_RULES_VERSION,
-            "from_trace_rules_version": settings.trace_rules_version,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "argv": list(sys.argv if argv is None else argv),
-            "environment": artifacts.environment_facts()["versions"],
-            "report": report.to_json(),
-        })
+        entry["complete"] = True
         artifacts.write_json(root / artifacts.MANIFEST_FILE, manifest)
+        report = RepairReport(**entry["report"])
     return report
 
 
@@ -134,12 +149,9 @@ def _append_set_aside(path: Path, entries: list[dict[str, Any]]) -> None:
     """Append entries not already in the file (a rerun after a crash adds nothing twice), fsynced."""
     if not entries:
         return
+    artifacts.drop_torn_tail(path)  # a line cut by a full disk or a kill is not kept, and nothing follows it
     existing = set(path.read_text("utf-8").splitlines()) if path.exists() else set()
     lines = [json.dumps(e, ensure_ascii=False) for e in entries]
     new = [line for line in lines if line not in existing]
-    if not new:
-        return
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(line + "\n" for line in new))
-        handle.flush()
-        os.fsync(handle.fileno())
+    if new:
+        artifacts.append_fsynced(path, "".join(line + "\n" for line in new))

@@ -14,6 +14,7 @@ from typing import Any
 from cot_patching.decoding.sampling import DecodeConfig, parse_temperature_seq, temperature_schedule
 from cot_patching.mining.sharding import parse_shard
 from cot_patching.models.backends import AUTO, BACKENDS, BRIDGE
+from cot_patching.models.loading import parse_device
 from cot_patching.traces.analysis import TRACE_RULES_VERSION
 from cot_patching.traces.prompt import PROMPT_TEMPLATE_SHA256
 
@@ -114,6 +115,8 @@ class MineOptions:
         DecodeConfig(0.0, self.top_p, self.max_new_tokens)
         if self.shard is not None:
             parse_shard(self.shard)
+        if self.device is not None:
+            parse_device(self.device)
 
     def settings(self, problems_sha256: str, backend: str) -> MineSettings:
         """The run settings these options ask for, for a problem file of this hash on this backend."""

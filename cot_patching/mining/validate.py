@@ -56,7 +56,31 @@ def validate_outdir(outdir: str | Path, tokenizer: Any | None = None) -> list[Vi
     found += _check_batches(runs, settings)
     pairs = _check_pairs(root, runs, settings, found)
     found += _check_derived(root, runs, pairs)
+    found += _check_set_aside(root)
     return found
+
+
+def _check_set_aside(root: Path) -> list[Violation]:
+    """runs.set-aside.jsonl (written by repair): whole lines, each a JSON object with its reason and what it holds."""
+    path = root / artifacts.SET_ASIDE_FILE
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    out: list[Violation] = []
+    lines = data.split(b"\n")
+    if lines[-1]:
+        out.append(Violation(artifacts.SET_ASIDE_FILE, len(lines), "torn last line (no newline): rerun "
+                             f"`cot-patching repair {root}`, which drops it"))
+    for number, raw in enumerate(lines[:-1], start=1):
+        try:
+            entry = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            out.append(Violation(artifacts.SET_ASIDE_FILE, number, f"not valid JSON ({err})"))
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("reason"), str) or \
+                not ("record" in entry or "raw" in entry):
+            out.append(Violation(artifacts.SET_ASIDE_FILE, number, "not a set-aside entry (reason and record or raw)"))
+    return out
 
 
 def _read_manifest(root: Path, found: list[Violation]) -> dict[str, Any]:

@@ -207,6 +207,33 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def parse_device(spec: str | torch.device | None) -> torch.device:
+    """A device this torch can run on: `cpu`, `cuda`, `cuda:K`, `mps` (None: the default); others refused."""
+    if spec is None:
+        return default_device()
+    if isinstance(spec, torch.device):
+        device = spec
+    else:
+        try:
+            device = torch.device(spec.strip())
+        except RuntimeError:
+            raise ModelLoadError(f"unknown device {spec!r}; use cpu, cuda, cuda:K or mps") from None
+    if device.type not in DEVICE_TYPES:
+        raise ModelLoadError(f"unknown device {spec!r}; use cpu, cuda, cuda:K or mps")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {spec!r}: no CUDA device is available to this torch "
+                                 f"({torch.__version__}{', a CPU-only build' if torch.version.cuda is None else ''})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {spec!r}: MPS is not available on this machine")
+    return device
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPU, fp32 on CPU."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -321,7 +348,7 @@ def load_model(
     backend = resolve_backend(backend)
     if backend == HOOKED and load_in_4bit:
         raise ModelLoadError("the hooked backend cannot run 4-bit weights; use --backend bridge for --load-in-4bit")
-    device = torch.device(device) if device is not None else default_device()
+    device = parse_device(device)
     if device.type == "cuda" and device.index is not None:
         # streams, CUDA-graph capture and free-memory checks use the current device: make it the model's
         torch.cuda.set_device(device)

@@ -26,6 +26,7 @@ SET_ASIDE_FILE = "runs.set-aside.jsonl"
 ACTIVATIONS_DIR = "activations"
 CACHE_INDEX_FILE = "index.jsonl"
 CACHE_CONFIG_FILE = "cache_config.json"
+RUN_FILES = (RUNS_FILE, PAIRS_FILE, PAIRS_CSV, SUMMARY_FILE)  # what mine and merge write beside the manifest
 CSV_COLUMNS = ("id", "n_attempts", "early_step_idx", "late_step_idx", "correct_attempt", "incorrect_attempt")
 
 
@@ -161,6 +162,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temp files a killed `atomic_write_bytes` left in `folder` (`.NAME.XXXX.tmp` of our files)."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if path.is_file() and any(path.name.startswith(f".{name}.") for name in RUN_FILES + (MANIFEST_FILE,)):
+            path.unlink()
+            removed.append(path)
+    legacy = Path(folder) / (RUNS_FILE + ".tmp")  # merge's own temp name before it used atomic_write_bytes
+    if legacy.is_file():
+        legacy.unlink()
+        removed.append(legacy)
+    return removed
 
 
 def default_file_mode() -> int:
