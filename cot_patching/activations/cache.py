@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from jaxtyping import Float
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 from cot_patching.runs import artifacts
@@ -106,6 +106,11 @@ def steps_to_cache(pair: LoadedPair, trace: str, steps: str, strict_format: bool
         early, late = selected
         wanted = {"early": early, "late": late}
         chosen = [(label, wanted[label]) for label in steps.split(",")]
+    missing = [idx for _, idx in chosen if idx not in by_idx]
+    if missing:
+        raise artifacts.ArtifactError(f"{pair.id}: the {trace} trace (attempt {record.attempt}) has no step "
+                                      f"{missing[0]} (its steps: {sorted(by_idx)}); pairs.jsonl does not match "
+                                      "runs.jsonl: run `cot-patching validate`")
     return [SelectedStep(label, idx, by_idx[idx]["tok_start"], by_idx[idx]["tok_end"]) for label, idx in chosen]
 
 
@@ -169,10 +174,7 @@ def write_pair(pair: LoadedPair, results: Sequence[tuple[dict[str, Tensor], dict
         traces[trace] = {"attempt": pair.trace(trace).attempt, "runs_offset": pair.runs_offset(trace),
                          "steps": steps_meta}
     path = out_dir / artifacts.cache_file_name(pair.id)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))  # no metadata: its key order is not stable, and the index holds it
-    os.chmod(tmp, artifacts.default_file_mode())
-    os.replace(tmp, path)
+    artifacts.atomic_write_bytes(path, save(tensors))  # no metadata: its key order is not stable; the index has it
     return {
         "pair_id": pair.id, "file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size,
         "model": model_info.get("name"), "model_revision": model_info.get("revision"),
@@ -188,7 +190,12 @@ def read_index(out_dir: Path) -> list[dict[str, Any]]:
     artifacts.drop_torn_tail(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
+    entries = artifacts.read_jsonl_file(path)
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or \
+                not isinstance(entry.get("traces"), dict) or not isinstance(entry.get("pair_id"), str):
+            raise artifacts.ArtifactError(f"{path}:{number}: not an index entry (pair_id, file and traces)")
+    return entries
 
 
 def index_problems(out_dir: Path, entry: dict[str, Any], verify_hashes: bool = False) -> list[str]:
@@ -237,7 +244,7 @@ def cache_activations(
         for path in owned:
             path.unlink()
     if config_path.exists():
-        recorded = {"backend": BRIDGE, **json.loads(config_path.read_text("utf-8"))}  # caches made before backends
+        recorded = {"backend": BRIDGE, **artifacts.read_json_file(config_path, dict)}  # caches made before backends
         for key in ("settings", "model", "model_revision", "backend"):
             if recorded.get(key) != wanted[key]:
                 raise ValueError(f"{out_dir} holds a cache made with a different {key}: "
@@ -304,7 +311,7 @@ class ActivationStore:
         self.root = Path(out_dir)
         if not (self.root / INDEX_FILE).is_file():
             raise artifacts.ArtifactError(f"{self.root} has no {INDEX_FILE}: not an activation cache")
-        self.config = json.loads((self.root / CONFIG_FILE).read_text("utf-8"))
+        self.config = artifacts.read_json_file(self.root / CONFIG_FILE, dict)
         self._entries: dict[ActivationKey, CachedActivation] = {}
         for line in read_index(self.root):
             for trace, trace_meta in line["traces"].items():

@@ -30,7 +30,7 @@ def cache_activations_command(
     """Run the mining model on prompt + trace of both traces of each pair; save residuals at the selected steps."""
     from cot_patching.runs import artifacts
     from cot_patching.runs.directory import load_pairs
-    from cot_patching.activations.cache import CacheSettings, cache_activations, parse_layers
+    from cot_patching.activations.cache import CacheSettings, cache_activations, parse_layers, steps_to_cache
     from cot_patching.cli.run_model import load_run_model
     from cot_patching.mining.settings import MineSettings
 
@@ -41,18 +41,27 @@ def cache_activations_command(
         if not pairs:
             raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to cache (mine more, then rerun)")
         artifacts.owned_cache_files(Path(out) if out else root / artifacts.ACTIVATIONS_DIR, [p.id for p in pairs])
+        strict_format = MineSettings.recorded(manifest).strict_format
+        recorded = manifest.get("model") or {}
+
+        def cache_settings(n_layers: int, model_dtype: str | None) -> CacheSettings:
+            return CacheSettings(
+                layers=parse_layers(layers, n_layers), hooks=tuple(h.strip() for h in hooks.split(",") if h.strip()),
+                steps=steps.replace(" ", ""), dtype=dtype or ("bf16" if model_dtype == "bfloat16" else "fp32"),
+            )
+
+        # bad flags and pairs whose steps are not in their traces are refused before the model loads
+        recorded_layers = recorded.get("n_layers")
+        early = cache_settings(recorded_layers if isinstance(recorded_layers, int) else 10**6, recorded.get("dtype"))
+        for pair in pairs:
+            for trace in ("correct", "incorrect"):
+                steps_to_cache(pair, trace, early.steps, strict_format)
         found, loaded = load_run_model(root, model, device, backend)
-        store_dtype = dtype or ("bf16" if loaded.info.dtype == "bfloat16" else "fp32")
-        settings = CacheSettings(
-            layers=parse_layers(layers, loaded.info.n_layers),
-            hooks=tuple(h.strip() for h in hooks.split(",") if h.strip()),
-            steps=steps.replace(" ", ""),
-            dtype=store_dtype,
-        )
+        settings = cache_settings(loaded.info.n_layers, loaded.info.dtype)
         report = cache_activations(
             loaded, root, Path(out) if out else root / "activations", settings,
             {**loaded.info.to_json(), "name": found.recorded_name},
-            strict_format=MineSettings.recorded(manifest).strict_format, overwrite=overwrite,
+            strict_format=strict_format, overwrite=overwrite,
             verify_hashes=verify_hashes, progress=progress, traces_per_forward=batch_traces,
         )
         for problem in report.repaired:

@@ -13,6 +13,7 @@ import yaml
 
 from cot_patching.cli.errors import clear_errors
 from cot_patching.mining.settings import OPTION_DEFAULTS, MineOptions
+from cot_patching.runs.artifacts import read_text_file
 
 DEFAULTS = OPTION_DEFAULTS  # a short name for the help texts below; the defaults themselves are MineOptions' fields
 
@@ -23,7 +24,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text("utf-8")) or {}
+        raw = yaml.safe_load(read_text_file(path)) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):

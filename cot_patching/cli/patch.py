@@ -40,7 +40,7 @@ def patch_command(
     from cot_patching.runs.directory import load_pairs
     from cot_patching.activations.cache import parse_layers
     from cot_patching.cli.run_model import load_run_model
-    from cot_patching.experiments.study import run_study, select_pairs
+    from cot_patching.experiments.study import check_out_dir, run_study, select_pairs
     from cot_patching.experiments.sweep import SweepSettings
     from cot_patching.runs.directory import check_not_locked
 
@@ -58,6 +58,7 @@ def patch_command(
                       cells_per_forward=1 if batch_cells is None else batch_cells)  # bad flags are refused before the model loads
         if out_dir.is_dir():
             check_not_locked(out_dir)
+            check_out_dir(out_dir)
         found, loaded = load_run_model(root, model, device, backend)
         settings = SweepSettings(
             layers=parse_layers(layers, loaded.info.n_layers), hooks=_names(hooks), alignments=_names(alignments),

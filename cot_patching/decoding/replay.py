@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from cot_patching.runs.artifacts import RunRecord
+from cot_patching.runs.artifacts import ArtifactError, RunRecord
 from cot_patching.decoding.batched import BatchLayout, BatchRow, sample_batch
 from cot_patching.decoding.sampling import DecodeConfig, Generation, sample
 
@@ -76,6 +76,14 @@ def replay_attempts(model: Any, records: Sequence[RunRecord], isolated: bool = F
     """Replay records, each with its result, as they finish: batch-1 records one at a time; batched records
     several to a batch of their recorded shape, each in its own recorded slot (rows never mix, so a slot decodes
     what it would decode alone), or, with `isolated`, each alone in its slot of an otherwise idle batch."""
+    records = list(records)
+    vocab = int(model.model.cfg.d_vocab)
+    for record in records:  # all checked before any is decoded: a damaged record stops the replay with one line
+        outside = [t for t in [*record.prompt_token_ids, *record.token_ids]
+                   if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        if outside:
+            raise ArtifactError(f"{record.id} attempt {record.attempt}: token id {outside[0]!r} is outside the "
+                                f"model's vocabulary (0..{vocab - 1})")
     open_batches: dict[tuple[int, int, int, str], list[dict[int, RunRecord]]] = {}
     for record in records:
         if record.batch is None or record.error is not None or isolated:

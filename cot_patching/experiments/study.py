@@ -85,10 +85,10 @@ def read_study_settings(out_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        settings = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StudyError(f"{path} is not a patching study's settings file ({err}); nothing was changed: "
-                         "use another --out") from None
+        settings = artifacts.read_json_file(path)
+    except artifacts.ArtifactError as err:
+        raise StudyError(f"{err}: not a patching study's settings file; nothing was changed: use another --out") \
+            from None
     if not isinstance(settings, dict) or not isinstance(settings.get("study"), dict):
         raise StudyError(f"{path} is not a patching study's settings file (no 'study' entry); nothing was changed: "
                          "use another --out")
@@ -118,6 +118,12 @@ def owned_study_files(out_dir: Path) -> list[Path]:
     return sorted(out_dir / name for name in names if (out_dir / name).is_file())
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an --out that is neither new, nor a study of ours, nor free of the names a study writes."""
+    if out_dir.is_dir() and read_study_settings(out_dir) is None:
+        _refuse_foreign_files(out_dir)
+
+
 def _refuse_foreign_files(out_dir: Path) -> None:
     """Refuse a folder without a study's settings.json that holds files a study would write over."""
     foreign = sorted(path.name for path in out_dir.iterdir()
@@ -133,7 +139,7 @@ def _read_progress(out_dir: Path) -> list[dict[str, Any]]:
     artifacts.drop_torn_tail(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
+    return artifacts.read_jsonl_file(path)
 
 
 def _truncate(path: Path, size: int) -> None:

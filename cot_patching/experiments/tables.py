@@ -12,6 +12,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from cot_patching.runs import artifacts
+
 RESULTS_FILE = "results.csv"
 ATTRIBUTION_FILE = "attribution.csv"
 RESULT_COLUMNS = ("pair_id", "direction", "hook", "layer", "alignment", "step_idx", "position", "n_positions",
@@ -43,8 +45,8 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
 
 def read_table(path: str | Path) -> list[dict[str, Any]]:
     """Every row of results.csv or attribution.csv, ints and floats parsed (empty fields are None)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [_typed(row) for row in csv.DictReader(handle)]
+    text = artifacts.read_text_file(Path(path))
+    return [_typed(row) for row in csv.DictReader(io.StringIO(text, newline=""))]
 
 
 def layer_step_tensor(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 import shlex
 from dataclasses import dataclass, field
@@ -116,22 +116,21 @@ def load_run_view(root: str | Path) -> RunView:
     root = Path(root)
     manifest = artifacts.load_manifest(root)
     summary_path = root / artifacts.SUMMARY_FILE
-    summary = json.loads(summary_path.read_text("utf-8")) if summary_path.is_file() else {}
+    summary = artifacts.read_json_file(summary_path, dict) if summary_path.is_file() else {}
     runs = [line.record for line in artifacts.read_runs(root / artifacts.RUNS_FILE)]
     pairs = load_pairs(root) if (root / artifacts.PAIRS_FILE).is_file() else []
     view = RunView(root, manifest, summary, runs, pairs)
     cache = root / artifacts.ACTIVATIONS_DIR
     index = cache / artifacts.CACHE_INDEX_FILE
     if index.is_file():
-        view.activation_index = [json.loads(line) for line in index.read_text("utf-8").splitlines()
-                                 if line.strip().endswith("}")]
+        view.activation_index = [entry for entry in artifacts.read_jsonl_file(index) if isinstance(entry, dict)]
         config = cache / artifacts.CACHE_CONFIG_FILE
-        view.activation_config = json.loads(config.read_text("utf-8")) if config.is_file() else {}
+        view.activation_config = artifacts.read_json_file(config, dict) if config.is_file() else {}
     study = root / PATCHING_DIR
     if (study / "results.csv").is_file():
-        with open(study / "results.csv", newline="", encoding="utf-8") as handle:
-            view.patching_rows = list(csv.DictReader(handle))
+        view.patching_rows = list(csv.DictReader(io.StringIO(artifacts.read_text_file(study / "results.csv"),
+                                                             newline="")))
         agreement = study / "agreement.json"
-        view.patching_agreement = json.loads(agreement.read_text("utf-8")) if agreement.is_file() else {}
+        view.patching_agreement = artifacts.read_json_file(agreement, dict) if agreement.is_file() else {}
         view.heatmaps = sorted(study.glob("heatmap_*.png"))
     return view

@@ -159,6 +159,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(out.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror}; it is unchanged") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -558,12 +561,16 @@ class RunTally:
 
 
 def append_fsynced(path: Path, text: str) -> int:
-    """Append `text` (UTF-8) and fsync; the file's size afterwards."""
-    with open(path, "a", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-        return os.fstat(handle.fileno()).st_size
+    """Append `text` (UTF-8) and fsync; the file's size afterwards. A failed append (a full disk) may leave a torn
+    last line, which every reader of our append-only files drops before it appends again."""
+    try:
+        with open(path, "a", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+            return os.fstat(handle.fileno()).st_size
+    except OSError as err:
+        raise OSError(err.errno, f"cannot append to {path}: {err.strerror}") from None
 
 
 def write_derived(
@@ -618,15 +625,50 @@ def owned_cache_files(cache_dir: Path, pair_ids: Iterable[str]) -> list[Path]:
     return [p for p in present if p.is_file()]
 
 
-def load_manifest(outdir: Path) -> dict[str, Any]:
-    """The run manifest of an output directory."""
-    path = Path(outdir) / MANIFEST_FILE
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file; one that is missing or not UTF-8 is an ArtifactError naming it."""
     try:
-        return json.loads(path.read_text("utf-8"))
+        return Path(path).read_text("utf-8")
     except FileNotFoundError:
-        raise ArtifactError(f"{outdir} has no {MANIFEST_FILE}") from None
+        raise ArtifactError(f"{path} is missing") from None
+    except UnicodeDecodeError as err:
+        raise ArtifactError(f"{path} is not UTF-8 text (byte {err.start})") from None
+
+
+def read_json_file(path: Path, kind: type | None = None) -> Any:
+    """A JSON file's value (of `kind`, when given); otherwise an ArtifactError naming the file and line."""
+    text = read_text_file(path)
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err.msg}") from None
+        raise ArtifactError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if kind is not None and not isinstance(value, kind):
+        raise ArtifactError(f"{path} is not a JSON {'object' if kind is dict else kind.__name__}")
+    return value
+
+
+def read_jsonl_file(path: Path) -> list[Any]:
+    """Every complete line of a JSON-lines file (a last line without its newline, torn by a kill, is left out); a
+    damaged line is an ArtifactError naming the file and line."""
+    text = read_text_file(path)
+    lines = text.split("\n")[:-1]  # the part after the last newline is empty or torn
+    values = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            values.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    return values
+
+
+def load_manifest(outdir: Path) -> dict[str, Any]:
+    """The run manifest of an output directory (a JSON object)."""
+    path = Path(outdir) / MANIFEST_FILE
+    if not path.exists():
+        raise ArtifactError(f"{outdir} has no {MANIFEST_FILE}")
+    return read_json_file(path, dict)
 
 
 def recorded_backend(outdir: Path) -> str | None:

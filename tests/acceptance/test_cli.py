@@ -80,6 +80,10 @@ def test_reproduce_fails_on_a_tampered_run(tiny_dir, tmp_path):
     (["--temperature-seq", "0.5,x"], "not a comma-separated list"),
     (["--top-p", "1.5"], "top_p must be a number in (0, 1]"),
     (["--max-tries", "0"], "--max-tries must be >= 1"),
+    (["--device", "quantum"], "unknown device 'quantum'"),
+    (["--max-new-tokens", "1000000000000"], "max_new_tokens must be an integer in 1..131072"),
+    pytest.param(["--device", "cuda"], "no CUDA device is available", marks=pytest.mark.skipif(
+        __import__("torch").cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_bad_input_one_line_no_traceback_nothing_written(tmp_path, args, message):
     problems = _problems(tmp_path)
@@ -171,3 +175,91 @@ def test_mine_pairs_script_takes_the_seed_flags():
     for flag in ("--problems", "--model", "--outdir", "--max-tries", "--min-pairs", "--temperature-seq",
                  "--top-p", "--max-new-tokens", "--config"):
         assert flag in result.stdout
+
+
+@pytest.fixture(scope="module")
+def scripted_run(tiny_dir, tmp_path_factory):
+    """A run of two scripted pairs of the tiny model saved on disk (so commands can load it again)."""
+    from cot_patching.models.loading import load_model
+
+    from helpers import mine_scripted_pairs
+
+    results = tmp_path_factory.mktemp("run") / "results"
+    mine_scripted_pairs(load_model(str(tiny_dir), device="cpu"), results, n=2)
+    return results
+
+
+def _copy_run(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def _one_error_line(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("damage, args, message", [
+    (None, ["reproduce", "--all-pairs", "--device", "quantum"], "unknown device 'quantum'"),
+    ("oov_prompt", ["reproduce", "--all-pairs"], "outside the model's vocabulary"),
+    ("manifest_list", ["report"], "manifest.json is not a JSON object"),
+    ("manifest_list", ["repair"], "manifest.json is not a JSON object"),
+    (None, ["cache-activations", "--layers", "0,0", "--no-progress"], "names layer 0 more than once"),
+    (None, ["patch", "--layers", "0,0", "--no-progress"], "names layer 0 more than once"),
+    ("step_99", ["cache-activations", "--no-progress"], "has no step 99"),
+])
+def test_damaged_runs_and_bad_flags_get_one_error_line(scripted_run, tmp_path, damage, args, message):
+    """Issue 32.6-32.8: one `error:` line naming what is wrong, exit 2, nothing half-written."""
+    run = _copy_run(scripted_run, tmp_path)
+    if damage == "oov_prompt":
+        lines = (run / "runs.jsonl").read_text().splitlines()
+        record = json.loads(lines[0])
+        record["prompt_token_ids"][0] = 10**9
+        lines[0] = json.dumps(record)
+        (run / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    elif damage == "manifest_list":
+        (run / "manifest.json").write_text("[1, 2]")
+    elif damage == "step_99":
+        pair = json.loads((run / "pairs.jsonl").read_text().splitlines()[0])
+        pair["steps_selected"]["late"]["step_idx"] = 99
+        rest = (run / "pairs.jsonl").read_text().splitlines()[1:]
+        (run / "pairs.jsonl").write_text("\n".join([json.dumps(pair), *rest]) + "\n")
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    command, *rest = args
+    where = ["--outdir" if command == "reproduce" else "--results", str(run)] if command in (
+        "reproduce", "cache-activations", "patch") else [str(run)]
+    _one_error_line([command, *where, *rest], message)
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == {k: v for k, v in before.items() if k.name != ".lock"}
+
+
+def test_a_damaged_index_or_config_names_its_file_and_line(scripted_run, tmp_path):
+    from cot_patching.activations.cache import load_activations
+
+    run = _copy_run(scripted_run, tmp_path)
+    result = runner.invoke(app, ["cache-activations", "--results", str(run), "--layers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    index = run / "activations" / "index.jsonl"
+    entries = index.read_text().splitlines()
+    entry = json.loads(entries[1])
+    del entry["file"]
+    index.write_text(entries[0] + "\n" + json.dumps(entry) + "\n")
+    with pytest.raises(artifacts.ArtifactError, match=r"index.jsonl:2: not an index entry"):
+        load_activations(run / "activations")
+    index.write_text(entries[0] + "\n{broken\n")
+    with pytest.raises(artifacts.ArtifactError, match=r"index.jsonl:2: not valid JSON"):
+        load_activations(run / "activations")
+    (run / "activations" / "cache_config.json").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(artifacts.ArtifactError, match=r"cache_config.json is not UTF-8"):
+        load_activations(run / "activations")
+
+
+def test_build_sample_refuses_a_negative_skip(tmp_path):
+    _one_error_line(["build-sample", "--skip", "-1", "--out", str(tmp_path / "s.json")], "--skip >= 0")
+    assert not (tmp_path / "s.json").exists()

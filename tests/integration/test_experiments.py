@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -253,3 +254,55 @@ def test_patch_cli_refuses_bad_flags_before_loading(results, tmp_path):
         result = runner.invoke(app, ["patch", "--results", str(results), *args])
         assert result.exit_code == 2, result.output
         assert message in result.output
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+def test_patch_never_touches_a_folder_that_is_not_its_study(tiny, results, tmp_path):
+    """Issue 32.1/32.2: a foreign results.csv is not truncated, and --overwrite deletes only what the study lists."""
+    from typer.testing import CliRunner
+
+    from cot_patching.cli import app
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "results.csv").write_text("".join(f"row {i}\n" for i in range(1000)))
+    (foreign / "heatmap_mine.png").write_bytes(b"a user's figure")
+    before = _files(foreign)
+    settings = SweepSettings(layers=(0,), alignments=("final_answer",), directions=("noise",))
+    for overwrite in (False, True):
+        with pytest.raises(StudyError, match="not a patching study of ours and nothing was changed"):
+            run_study(tiny, results, foreign, settings, tiny.info.to_json(), progress=False, plots=False,
+                      overwrite=overwrite)
+        assert _files(foreign) == before
+    for args in ([], ["--overwrite"]):  # the CLI refuses before loading a model
+        result = CliRunner().invoke(app, ["patch", "--results", str(results), "--out", str(foreign), "--layers", "0",
+                                          "--no-attribution", "--no-plots", *args])
+        assert result.exit_code == 2 and "nothing was changed" in result.output, result.output
+        assert _files(foreign) == before
+    (foreign / "settings.json").write_text('{"not": "a study"}')
+    with pytest.raises(StudyError, match="no 'study' entry"):
+        run_study(tiny, results, foreign, settings, tiny.info.to_json(), progress=False, overwrite=True)
+
+    study = tmp_path / "study"
+    run_study(tiny, results, study, settings, tiny.info.to_json(), progress=False, attribution=False)
+    listed = json.loads((study / "settings.json").read_text())["files"]
+    assert listed and all(name.startswith("heatmap_noise_") for name in listed)
+    (study / "notes.txt").write_text("mine")
+    (study / "heatmap_custom.png").write_bytes(b"mine too")
+    run_study(tiny, results, study, settings, tiny.info.to_json(), progress=False, attribution=False,
+              overwrite=True)
+    assert (study / "notes.txt").read_text() == "mine" and (study / "heatmap_custom.png").read_bytes() == b"mine too"
+
+
+def test_heatmap_files_are_byte_identical_run_to_run(tiny, results, tmp_path):
+    """Issue 32.9: the SVGs (and PNGs) of the same study are the same bytes."""
+    settings = SweepSettings(layers=(0,), alignments=("final_answer",), directions=("noise",))
+    for name in ("a", "b"):
+        run_study(tiny, results, tmp_path / name, settings, tiny.info.to_json(), progress=False, attribution=False)
+    heatmaps = sorted(p.name for p in (tmp_path / "a").glob("heatmap_*"))
+    assert any(name.endswith(".svg") for name in heatmaps)
+    for name in heatmaps:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -141,3 +141,69 @@ def test_shards_on_different_gpus_of_one_kind_merge_but_not_on_different_kinds(t
     set_device(b, "cpu")
     with pytest.raises(MiningError, match="different model.*'cuda', 'cpu'"):
         merge_shards(tmp_path / "m2", [str(a), str(b)])
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+def test_merge_never_replaces_what_is_not_its_own_merge(tiny, problem_file, tmp_path):
+    """Issue 32.3: a folder without a manifest, or an earlier merge of OTHER shards, is refused untouched."""
+    shards = [tmp_path / f"s{k}" for k in range(2)]
+    for k, outdir in enumerate(shards):
+        _mine(tiny, problem_file, outdir, 100, shard=f"{k}/2")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "runs.jsonl").write_text('{"mine": "not yours"}\n' * 1000)
+    before = _tree(foreign)
+    with pytest.raises(MiningError, match="holds runs.jsonl but no manifest.json"):
+        merge_shards(foreign, [str(s) for s in shards])
+    assert _tree(foreign) == before
+
+    merged = tmp_path / "merged"
+    merge_shards(merged, [str(s) for s in shards])
+    others = [tmp_path / f"o{k}" for k in range(2)]
+    for k, outdir in enumerate(others):
+        _mine(tiny, problem_file, outdir, 100, shard=f"{k}/2")
+    before = _tree(merged)
+    with pytest.raises(MiningError, match="is a merge of other shards"):
+        merge_shards(merged, [str(o) for o in others])
+    assert _tree(merged) == before
+    merge_shards(merged, [str(s) for s in shards])  # the same shards again: allowed, same bytes
+    assert {k: v for k, v in _tree(merged).items() if k != "manifest.json"} == \
+        {k: v for k, v in before.items() if k != "manifest.json"}
+
+
+def test_merge_removes_the_temporaries_a_killed_merge_left(tiny, problem_file, tmp_path):
+    """Issue 32.9: temp files of a merge killed in its write phase are removed by the next merge."""
+    shards = [tmp_path / f"s{k}" for k in range(2)]
+    for k, outdir in enumerate(shards):
+        _mine(tiny, problem_file, outdir, 100, shard=f"{k}/2")
+    merged = tmp_path / "merged"
+    merge_shards(merged, [str(s) for s in shards])
+    (merged / "runs.jsonl.tmp").write_bytes(b"partial")
+    (merged / ".runs.jsonl.abc123.tmp").write_bytes(b"partial")
+    (merged / ".notes.txt.keep.tmp").write_bytes(b"not ours")
+    merge_shards(merged, [str(s) for s in shards])
+    names = {p.name for p in merged.iterdir()}
+    assert "runs.jsonl.tmp" not in names and ".runs.jsonl.abc123.tmp" not in names
+    assert ".notes.txt.keep.tmp" in names  # only our own temp names are removed
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: [m], "is not a JSON object"),
+    (lambda m: {**m, "settings": {k: v for k, v in m["settings"].items() if k != "schedule"}}, "settings.schedule"),
+    (lambda m: {**m, "sessions": ["x"]}, "sessions is missing or not a list of session objects"),
+    (lambda m: {k: v for k, v in m.items() if k != "sessions"}, "sessions is missing"),
+    (lambda m: {**m, "sessions": [{**m["sessions"][-1], "options": {}}]}, "records no min_pairs"),
+])
+def test_merge_refuses_a_damaged_shard_manifest_with_one_line(tiny, problem_file, tmp_path, damage, message):
+    """Issue 32.6/32.7: damaged shard manifests are refused by name, not a traceback or a silent min_pairs 20."""
+    shards = [tmp_path / f"s{k}" for k in range(2)]
+    for k, outdir in enumerate(shards):
+        _mine(tiny, problem_file, outdir, 100, shard=f"{k}/2")
+    manifest_path = shards[1] / "manifest.json"
+    manifest_path.write_text(json.dumps(damage(json.loads(manifest_path.read_text()))))
+    with pytest.raises(Exception, match=message) as caught:
+        merge_shards(tmp_path / "m", [str(s) for s in shards])
+    assert str(manifest_path) in str(caught.value) and not (tmp_path / "m").exists()

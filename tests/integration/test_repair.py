@@ -155,3 +155,100 @@ def test_a_damaged_middle_line_is_set_aside_and_a_resume_decodes_it_again(script
     assert _records(damaged) == _records(reference)
     assert _pairs(damaged) == _pairs(reference)
     assert validate_outdir(damaged, model.tokenizer) == []
+
+
+def test_a_torn_set_aside_tail_is_dropped_before_appending_and_validate_reports_it(scripted, tmp_path):
+    """Issue 32.4: a set-aside line cut by a full disk is neither kept nor appended after; validate sees it."""
+    model, sampler = scripted
+    reference = tmp_path / "fresh"
+    mine(PROBLEMS, model, SETTINGS, reference, min_pairs=10, progress=False, sampler=sampler)
+    old = tmp_path / "old"
+    _write_old_run(old, model, sampler, reference)
+    (old / artifacts.SET_ASIDE_FILE).write_text('{"reason": "cut by a full disk", "record": {"id": "p')
+    violations = validate_outdir(old, model.tokenizer)
+    assert any(v.file == artifacts.SET_ASIDE_FILE and "torn last line" in v.message for v in violations)
+
+    repair_run(old, model.tokenizer)
+    aside = (old / artifacts.SET_ASIDE_FILE).read_text()
+    assert aside.endswith("\n") and [json.loads(line)["record"]["attempt"] for line in aside.splitlines()] == [2]
+    assert validate_outdir(old, model.tokenizer) == []
+
+
+def test_a_repair_killed_in_its_write_phase_keeps_its_record_and_the_rerun_finishes_it(scripted, tmp_path,
+                                                                                       monkeypatch):
+    """Issue 32.5: runs.jsonl rewritten, then a kill: the rerun records what changed, not `relabelled 0`."""
+    model, sampler = scripted
+    reference = tmp_path / "fresh"
+    mine(PROBLEMS, model, SETTINGS, reference, min_pairs=10, progress=False, sampler=sampler)
+    old, control = tmp_path / "old", tmp_path / "control"
+    _write_old_run(old, model, sampler, reference)
+    _write_old_run(control, model, sampler, reference)
+    expected = repair_run(control, model.tokenizer)
+
+    import cot_patching.mining.repair as repair_module
+
+    real_write_derived = artifacts.write_derived
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies right after runs.jsonl was rewritten
+
+    monkeypatch.setattr(repair_module.artifacts, "write_derived", killed)
+    with pytest.raises(KeyboardInterrupt):
+        repair_run(old, model.tokenizer)
+    manifest = json.loads((old / artifacts.MANIFEST_FILE).read_text())
+    assert manifest["repairs"][-1]["complete"] is False
+    assert manifest["repairs"][-1]["report"]["relabelled"] == expected.relabelled == 2
+    monkeypatch.setattr(repair_module.artifacts, "write_derived", real_write_derived)
+
+    finished = repair_run(old, model.tokenizer)
+    assert (finished.relabelled, finished.respanned, finished.set_aside) == \
+        (expected.relabelled, expected.respanned, expected.set_aside)
+    manifest = json.loads((old / artifacts.MANIFEST_FILE).read_text())
+    assert len(manifest["repairs"]) == 1 and manifest["repairs"][0]["complete"] is True
+    for name in (artifacts.RUNS_FILE, artifacts.PAIRS_FILE, artifacts.SUMMARY_FILE, artifacts.SET_ASIDE_FILE):
+        assert (old / name).read_bytes() == (control / name).read_bytes(), name
+    assert validate_outdir(old, model.tokenizer) == []
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root to mount; skipped elsewhere), unmounted after the test."""
+    import subprocess
+
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_leaves_whole_files_and_the_rerun_on_room_is_clean(scripted, tmp_path, small_disk):
+    """Issue 32.4/32.9: repair, atomic rewrites and appends on a full disk: one error naming the file, no temp left,
+    nothing torn kept; with room again the same repair gives the files a big disk gives."""
+    model, sampler = scripted
+    reference = tmp_path / "fresh"
+    mine(PROBLEMS, model, SETTINGS, reference, min_pairs=10, progress=False, sampler=sampler)
+    old, control = small_disk / "old", tmp_path / "control"
+    _write_old_run(control, model, sampler, reference)
+    _write_old_run(old, model, sampler, reference)
+    with open(small_disk / "filler", "wb", buffering=0) as filler:  # fill the disk, then give back one page: less than needed
+        try:
+            while True:
+                filler.write(b"x" * 1024)
+        except OSError:
+            pass
+    with open(small_disk / "filler", "r+b") as filler:
+        filler.truncate(max(0, (small_disk / "filler").stat().st_size - 8192))
+    with pytest.raises(OSError, match="cannot (write|append to) .*No space left on device"):
+        repair_run(old, model.tokenizer)
+    assert not [p.name for p in old.iterdir() if p.name.endswith(".tmp")]
+    (small_disk / "filler").unlink()
+    repair_run(old, model.tokenizer)
+    expected = repair_run(control, model.tokenizer)
+    assert expected.relabelled == 2
+    for name in (artifacts.RUNS_FILE, artifacts.PAIRS_FILE, artifacts.SUMMARY_FILE, artifacts.SET_ASIDE_FILE):
+        assert (old / name).read_bytes() == (control / name).read_bytes(), name
+    assert validate_outdir(old, model.tokenizer) == []
