@@ -148,7 +148,10 @@ def mine(
             clear_outdir(outdir)
         runs = read_runs_or_explain(outdir, resume=True)
         _check_runs_match(runs, problems)
-        _record_session(outdir, manifest or {}, settings)
+        session = dict(manifest or {})
+        # the stop rule a merge of this shard must apply is the one this call ran, whoever called
+        session["options"] = {**(session.get("options") or {}), "min_pairs": min_pairs}
+        _record_session(outdir, session, settings)
         resumed_from = len(runs)
         questions = {p.id: p.question for p in problems}
 

@@ -116,7 +116,7 @@ class MineOptions:
         if self.shard is not None:
             parse_shard(self.shard)
         if self.device is not None:
-            parse_device(self.device)
+            parse_device(self.device, available=False)  # a config for a GPU machine is valid anywhere
 
     def settings(self, problems_sha256: str, backend: str) -> MineSettings:
         """The run settings these options ask for, for a problem file of this hash on this backend."""

@@ -210,8 +210,9 @@ def default_device() -> torch.device:
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
-def parse_device(spec: str | torch.device | None) -> torch.device:
-    """A device this torch can run on: `cpu`, `cuda`, `cuda:K`, `mps` (None: the default); others refused."""
+def parse_device(spec: str | torch.device | None, available: bool = True) -> torch.device:
+    """A device this torch can run on (with `available=False`: one it could name): `cpu`, `cuda`, `cuda:K`, `mps`
+    (None: the default); others refused."""
     if spec is None:
         return default_device()
     if isinstance(spec, torch.device):
@@ -223,6 +224,8 @@ def parse_device(spec: str | torch.device | None) -> torch.device:
             raise ModelLoadError(f"unknown device {spec!r}; use cpu, cuda, cuda:K or mps") from None
     if device.type not in DEVICE_TYPES:
         raise ModelLoadError(f"unknown device {spec!r}; use cpu, cuda, cuda:K or mps")
+    if not available:
+        return device
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelLoadError(f"device {spec!r}: no CUDA device is available to this torch "
