@@ -174,15 +174,22 @@ def test_a_torn_set_aside_tail_is_dropped_before_appending_and_validate_reports_
     assert validate_outdir(old, model.tokenizer) == []
 
 
-def test_a_repair_killed_in_its_write_phase_keeps_its_record_and_the_rerun_finishes_it(scripted, tmp_path,
-                                                                                       monkeypatch):
-    """Issue 32.5: runs.jsonl rewritten, then a kill: the rerun records what changed, not `relabelled 0`."""
+def _old_run_twice(scripted: tuple[Any, Any], tmp_path: Path, old_parent: Path) -> tuple[Path, Path]:
+    """The old-rules run written twice: OLD_PARENT/old (to damage) and tmp_path/control (repaired undisturbed)."""
     model, sampler = scripted
     reference = tmp_path / "fresh"
     mine(PROBLEMS, model, SETTINGS, reference, min_pairs=10, progress=False, sampler=sampler)
-    old, control = tmp_path / "old", tmp_path / "control"
+    old, control = old_parent / "old", tmp_path / "control"
     _write_old_run(old, model, sampler, reference)
     _write_old_run(control, model, sampler, reference)
+    return old, control
+
+
+def test_a_repair_killed_in_its_write_phase_keeps_its_record_and_the_rerun_finishes_it(scripted, tmp_path,
+                                                                                       monkeypatch):
+    """Issue 32.5: runs.jsonl rewritten, then a kill: the rerun records what changed, not `relabelled 0`."""
+    model, _ = scripted
+    old, control = _old_run_twice(scripted, tmp_path, tmp_path)
     expected = repair_run(control, model.tokenizer)
 
     import cot_patching.mining.repair as repair_module
@@ -228,12 +235,8 @@ def small_disk(tmp_path):
 def test_a_full_disk_leaves_whole_files_and_the_rerun_on_room_is_clean(scripted, tmp_path, small_disk):
     """Issue 32.4/32.9: repair, atomic rewrites and appends on a full disk: one error naming the file, no temp left,
     nothing torn kept; with room again the same repair gives the files a big disk gives."""
-    model, sampler = scripted
-    reference = tmp_path / "fresh"
-    mine(PROBLEMS, model, SETTINGS, reference, min_pairs=10, progress=False, sampler=sampler)
-    old, control = small_disk / "old", tmp_path / "control"
-    _write_old_run(control, model, sampler, reference)
-    _write_old_run(old, model, sampler, reference)
+    model, _ = scripted
+    old, control = _old_run_twice(scripted, tmp_path, small_disk)
     with open(small_disk / "filler", "wb", buffering=0) as filler:  # fill the disk, then give back one page: less than needed
         try:
             while True:
