@@ -8,6 +8,7 @@ takes neither is refused instead of silently decoding without its cache.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -20,7 +21,12 @@ class CacheApiError(RuntimeError):
 
 def cache_keyword(hf_model: Any) -> str:
     """The keyword `hf_model.forward` (a model or its class) takes its KV cache under (`cache` from transformers 5.24)."""
-    model_class: Any = hf_model if isinstance(hf_model, type) else type(hf_model)
+    return _class_cache_keyword(hf_model if isinstance(hf_model, type) else type(hf_model))
+
+
+@functools.lru_cache(maxsize=None)
+def _class_cache_keyword(model_class: Any) -> str:
+    """Read once per class: `LoadedModel.step` asks at every decode step."""
     parameters = inspect.signature(model_class.forward).parameters
     for keyword in CACHE_KEYWORDS:
         if keyword in parameters:

@@ -500,15 +500,11 @@ def _bitsandbytes_quantized(hf_model: Any) -> bool:
 
 
 def _versions_line() -> str:
-    import importlib.metadata
+    from cot_patching.runs.artifacts import installed_versions
 
-    found = []
-    for package in ("transformers", "transformer-lens", "torch"):
-        try:
-            found.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{package} (not installed)")
-    return ", ".join(found)
+    versions = installed_versions()
+    return ", ".join(f"{package} {versions[package] or '(not installed)'}"
+                     for package in ("transformers", "transformer-lens", "torch"))
 
 
 def check_identity(source: ModelSource, recorded: dict[str, Any]) -> None:
