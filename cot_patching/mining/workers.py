@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 
 from cot_patching.runs import artifacts
 from cot_patching.mining.sharding import Shard
-from cot_patching.models.loading import parse_device
 
 SHARDS_DIR = "shards"
 
@@ -31,8 +30,6 @@ def parse_devices(text: str) -> list[str]:
     devices = [part.strip() for part in text.split(",") if part.strip()]
     if not devices:
         raise ValueError(f"--devices must list devices (cuda:0,cuda:1) or be 'all', got {text!r}")
-    for device in devices:
-        parse_device(device)
     return devices
 
 
