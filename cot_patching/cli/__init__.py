@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cot_patching.cli import (
-    build_sample, cache_activations, merge, mine, patch, repair, report, reproduce, validate,
+    build_sample, cache_activations, localize, merge, mine, patch, repair, report, reproduce, validate,
 )
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("repair")(repair.repair_command)
 app.command("patch")(patch.patch_command)
 app.command("report")(report.report_command)
 app.command("merge")(merge.merge_command)
+app.command("localize")(localize.localize_command)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ own `torch.Generator` seeded with its logged seed); softmax, sort and cumsum run
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -157,6 +157,7 @@ class BatchedDecoder:
         self.prompts: list[list[int] | None] = []
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: Tensor | None = None
+        self._refill: Callable[[], Tensor] = lambda: self.prefill([None] * size, 1)
 
     @property
     def path(self) -> str:
@@ -195,7 +196,46 @@ class BatchedDecoder:
         pads = [width if p is None else width - len(p) for p in self.prompts]
         self.pads.copy_(torch.tensor(pads, dtype=torch.long))
         ids = torch.tensor(rows, dtype=torch.long, device=self.input_ids.device)
+        self._refill = lambda: self.prefill(prompts, width)
         return self._forward(ids, self.key_positions[:width])
+
+    def prefill_forked(self, prompts: Sequence[Sequence[int] | None], width: int,
+                       single: BatchedDecoder) -> Float[Tensor, "n vocab"]:
+        """`prefill`, with each distinct prompt run once in the one-slot decoder `single` (same cache length) and its
+        KV cache copied into every slot that holds it: rollouts of one prefix share its prefill."""
+        if len(prompts) != self.size:
+            raise ValueError(f"a batch of {self.size} slots got {len(prompts)} prompts")
+        if single.size != 1 or single.cache_len != self.cache_len:
+            raise ValueError("the forking decoder must have one slot and the batch's cache length")
+        if any(getattr(layer, "keys", None) is None for layer in self._layers()):
+            self.prefill([None] * self.size, width)  # the static cache allocates its tensors on first use
+        self.prompts = [None if p is None else list(p) for p in prompts]
+        self.pads.copy_(torch.tensor([width if p is None else width - len(p) for p in self.prompts]))
+        self.cache.reset()
+        logits: Tensor | None = None
+        for prompt in dict.fromkeys(tuple(p) for p in self.prompts if p is not None):
+            prompt_logits = single.prefill([prompt], width)
+            slots = torch.tensor([r for r, p in enumerate(self.prompts) if p is not None and tuple(p) == prompt],
+                                 dtype=torch.long, device=self.input_ids.device)
+            for many, one in zip(self._layers(), single._layers()):
+                many.keys.index_copy_(0, slots, one.keys.expand(len(slots), -1, -1, -1))
+                many.values.index_copy_(0, slots, one.values.expand(len(slots), -1, -1, -1))
+            if logits is None:
+                logits = torch.zeros((self.size, prompt_logits.shape[-1]), dtype=prompt_logits.dtype,
+                                     device=prompt_logits.device)
+            logits.index_copy_(0, slots, prompt_logits.expand(len(slots), -1))
+        for many, one in zip(self._layers(), single._layers()):
+            counter = getattr(one, "cumulative_length", None)  # transformers >= 5.24 counts positions in the layer
+            if isinstance(counter, Tensor):
+                many.cumulative_length.copy_(counter)
+        if logits is None:
+            raise ValueError("a forked prefill needs at least one prompt")
+        self.width = self.next_position = width
+        self._refill = lambda: self.prefill_forked(prompts, width, single)
+        return logits
+
+    def _layers(self) -> list[Any]:
+        return list(self.cache.layers)
 
     def step(self, tokens: Int[Tensor, " n"]) -> Float[Tensor, "n vocab"]:
         """Feed one token per slot at the next cache position; the next-token logits of every slot."""
@@ -218,7 +258,7 @@ class BatchedDecoder:
         self.graph, self.logits = capture_graph(lambda: self._forward(self.input_ids, self.position))
         # The warm-up and capture forwards ran the cache's bookkeeping; rebuild the group's state from its prompts
         # so that the first group of a process starts its first step exactly like every later group.
-        self.prefill(self.prompts, self.width)
+        self._refill()
         self.next_position = self.width + 1
 
 
@@ -265,9 +305,10 @@ def choose_next_tokens(logits: Float[Tensor, "n vocab"], rows: RowSampling) -> I
 @torch.inference_mode()
 def sample_batch(
     decoder: BatchedDecoder, rows: Sequence[BatchRow | None], stop_token_ids: frozenset[int],
-    width: int | None = None, stop_check_interval: int | None = None,
+    width: int | None = None, stop_check_interval: int | None = None, fork_from: BatchedDecoder | None = None,
 ) -> list[Generation | None]:
-    """Decode each attempt of `rows` in its slot (None: an idle slot) until every one has stopped."""
+    """Decode each attempt of `rows` in its slot (None: an idle slot) until every one has stopped (`fork_from`: a
+    one-slot decoder that prefills each distinct prompt once, `BatchedDecoder.prefill_forked`)."""
     if len(rows) != decoder.size:
         raise ValueError(f"a batch of {decoder.size} slots got {len(rows)} rows")
     live = [r for r, row in enumerate(rows) if row is not None]
@@ -283,7 +324,9 @@ def sample_batch(
     sampling = RowSampling([0.0 if row is None else row.config.temperature for row in rows],
                            [1.0 if row is None else row.config.top_p for row in rows], generators, device)
     limits = [0 if row is None else row.config.max_new_tokens for row in rows]
-    logits = decoder.prefill([None if row is None else row.prompt_ids for row in rows], width)
+    prompts = [None if row is None else row.prompt_ids for row in rows]
+    logits = decoder.prefill(prompts, width) if fork_from is None else decoder.prefill_forked(prompts, width,
+                                                                                              fork_from)
     check_every = stop_check_interval or (STOP_CHECK_INTERVAL if device.type == "cuda" else 1)
     new_tokens = torch.zeros((max_new, decoder.size), dtype=torch.long, device=device)
     new_logprobs = torch.zeros((max_new, decoder.size), dtype=torch.float32, device=device)

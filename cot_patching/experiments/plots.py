@@ -7,9 +7,7 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from cot_patching.runs import artifacts
-
-SVG_HASH_SALT = "cot-patching"
+from cot_patching.runs.figures import save_figure
 ANSWER_COLUMN = "answer"  # the final_answer alignment, shown as the last column
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -94,7 +92,7 @@ def write_heatmaps(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[
                           f"{direction}, {hook}: mean normalized over {len(pair_ids)} pairs (n per cell)", counts)
             _draw(axes[1], width, layers, columns, "95% bootstrap CI half-width over pairs")
             fig.colorbar(image, ax=axes, shrink=0.8, label="normalized (0 = no effect, 1 = source)")
-            written += _save(fig, out_dir / f"heatmap_{direction}_{hook}_mean")
+            written += save_figure(fig, out_dir / f"heatmap_{direction}_{hook}_mean")
             plt.close(fig)
             per_pair = {pid: grid(rows, direction, hook, pid) for pid in pair_ids}
             per_pair = {pid: found for pid, found in per_pair.items() if found[0]}
@@ -107,23 +105,6 @@ def write_heatmaps(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[
                               for layer in p_layers]
                     image = _draw(ax, matrix, p_layers, p_columns, f"{pid} ({direction}, {hook})")
                 fig.colorbar(image, ax=axes, shrink=0.8, label="normalized")
-                written += _save(fig, out_dir / f"heatmap_{direction}_{hook}_pairs")
+                written += save_figure(fig, out_dir / f"heatmap_{direction}_{hook}_pairs")
                 plt.close(fig)
     return written
-
-
-def _save(fig: Any, stem: Path) -> list[Path]:
-    import io
-
-    import matplotlib
-
-    paths = []
-    for suffix in (".png", ".svg"):
-        path = stem.with_suffix(suffix)
-        buffer = io.BytesIO()
-        # a fixed salt: SVG element ids are otherwise random, and the same study would differ run to run
-        with matplotlib.rc_context({"svg.hashsalt": SVG_HASH_SALT}):
-            fig.savefig(buffer, dpi=150, format=suffix[1:], metadata={"Date": None} if suffix == ".svg" else None)
-        artifacts.atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
-    return paths
