@@ -21,7 +21,10 @@ def patch_command(
     layers: str = typer.Option("all", help="Comma-separated layer indices, or 'all'."),
     hooks: str = typer.Option("resid_post", help="Any of resid_pre,resid_mid,resid_post."),
     alignments: str = typer.Option("step,final_answer", help="Any of step,final_answer,position."),
-    directions: str = typer.Option("denoise,noise", help="denoise (I takes C's activations), noise (C takes I's)."),
+    directions: str = typer.Option("denoise,noise", help="denoise (I takes C's activations), noise (C takes I's), "
+                                   "denoise_shuffled (the null control: I takes the next pair's C)."),
+    steps: str = typer.Option("all", help="all: every aligned step; kstar: only each pair's k* from "
+                              "RESULTS/localization/summary.json (`cot-patching localize`)."),
     pairs: Optional[str] = typer.Option(None, help="Comma-separated pair ids.  [default: every pair]"),
     attribution: bool = typer.Option(True, "--attribution/--no-attribution",
                                      help="Also run attribution patching and its agreement."),
@@ -52,17 +55,21 @@ def patch_command(
         if not loaded_pairs:
             raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to patch (mine more, then rerun)")
         chosen = select_pairs(loaded_pairs, _names(pairs) if pairs else None)
+        only_steps = kstar_steps(root, [pair.id for pair in chosen]) if steps == "kstar" else None
+        if steps not in ("all", "kstar"):
+            raise ValueError(f"--steps must be all or kstar, got {steps!r}")
         n_layers = recorded.get("n_layers")
         SweepSettings(layers=parse_layers(layers, n_layers) if isinstance(n_layers, int) else (0,),
                       hooks=_names(hooks), alignments=_names(alignments), directions=_names(directions),
-                      cells_per_forward=1 if batch_cells is None else batch_cells)  # bad flags are refused before the model loads
+                      cells_per_forward=1 if batch_cells is None else batch_cells,
+                      only_steps=only_steps)  # bad flags are refused before the model loads
         if out_dir.is_dir():
             check_not_locked(out_dir)
             check_out_dir(out_dir)
         found, loaded = load_run_model(root, model, device, backend)
         settings = SweepSettings(
             layers=parse_layers(layers, loaded.info.n_layers), hooks=_names(hooks), alignments=_names(alignments),
-            directions=_names(directions),
+            directions=_names(directions), only_steps=only_steps,
             cells_per_forward=batch_cells if batch_cells is not None else (8 if loaded.device.type == "cuda" else 1),
         )
         report = run_study(
@@ -78,6 +85,23 @@ def patch_command(
                        f"{overall['cells']} cells")
             for pair_id, entry in report.agreement["per_pair"].items():
                 typer.echo(f"  {pair_id}: {_fmt(entry['spearman'])} ({entry['cells']} cells)")
+
+
+def kstar_steps(results: Path, pair_ids: list[str]) -> dict[str, int | None]:
+    """Each pair's k* from the run's localization summary; a pair it did not localize is refused."""
+    from cot_patching.localization.outputs import SUMMARY_FILE
+    from cot_patching.localization.rollouts import LOCALIZATION_DIR
+    from cot_patching.runs import artifacts
+
+    path = results / LOCALIZATION_DIR / SUMMARY_FILE
+    if not path.is_file():
+        raise artifacts.ArtifactError(f"--steps kstar needs {path}: run `cot-patching localize --results {results}`")
+    per_pair = artifacts.read_json_file(path, dict).get("per_pair") or {}
+    missing = [pair_id for pair_id in pair_ids if pair_id not in per_pair]
+    if missing:
+        raise artifacts.ArtifactError(f"--steps kstar: {path} has no k* for {', '.join(missing[:5])}; localize "
+                                      "them or choose --pairs")
+    return {pair_id: per_pair[pair_id].get("kstar") for pair_id in pair_ids}
 
 
 def _fmt(value: float | None) -> str:

@@ -11,6 +11,8 @@ from cot_patching.runs.figures import save_figure
 ANSWER_COLUMN = "answer"  # the final_answer alignment, shown as the last column
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
+FEW_PAIRS = 10  # a mean cell resting on fewer pairs is marked "few" on the heatmap
+NULL_FILE = "null_comparison.csv"
 
 
 def grid(rows: Sequence[dict[str, Any]], direction: str, hook: str, pair_id: str | None = None
@@ -85,11 +87,13 @@ def write_heatmaps(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[
             mean = [[stats.get((layer, c), (math.nan,) * 3)[0] for c in columns] for layer in layers]
             width = [[(stats[(layer, c)][2] - stats[(layer, c)][1]) / 2 if (layer, c) in stats else math.nan
                       for c in columns] for layer in layers]
-            counts = [[str(len(values.get((layer, c), []))) for c in columns] for layer in layers]
+            counts = [[_cell_label(stats.get((layer, c)), len(values.get((layer, c), []))) for c in columns]
+                      for layer in layers]
             fig, axes = plt.subplots(1, 2, figsize=(4 + 1.1 * len(columns), 1.8 + 0.18 * len(layers)),
                                      constrained_layout=True)
             image = _draw(axes[0], mean, layers, columns,
-                          f"{direction}, {hook}: mean normalized over {len(pair_ids)} pairs (n per cell)", counts)
+                          f"{direction}, {hook}: mean normalized over {len(pair_ids)} pairs (mean, n; "
+                          f"'few': n < {FEW_PAIRS})", counts)
             _draw(axes[1], width, layers, columns, "95% bootstrap CI half-width over pairs")
             fig.colorbar(image, ax=axes, shrink=0.8, label="normalized (0 = no effect, 1 = source)")
             written += save_figure(fig, out_dir / f"heatmap_{direction}_{hook}_mean")
@@ -108,3 +112,63 @@ def write_heatmaps(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[
                 written += save_figure(fig, out_dir / f"heatmap_{direction}_{hook}_pairs")
                 plt.close(fig)
     return written
+
+
+def _cell_label(stat: tuple[float, float, float] | None, n: int) -> str:
+    if stat is None or math.isnan(stat[0]):
+        return ""
+    return f"{stat[0]:+.2f}\nn={n}" + ("\nfew" if n < FEW_PAIRS else "")
+
+
+def null_comparison(rows: Sequence[dict[str, Any]], real: str = "denoise", null: str = "denoise_shuffled"
+                    ) -> list[dict[str, Any]]:
+    """Per (hook, layer, column): the mean normalized effect of `real` and of the `null` control, and their
+    paired difference over the pairs that have both, with a 95% bootstrap interval over pairs."""
+    out = []
+    for hook in dict.fromkeys(row["hook"] for row in rows):
+        layers, columns, _ = grid(rows, real, hook)
+        by_pair: dict[str, dict[tuple[int, str], dict[str, float]]] = {}
+        for row in rows:
+            if row["hook"] != hook or row["direction"] not in (real, null) or row["normalized"] is None \
+                    or math.isnan(row["normalized"]) or row["alignment"] not in ("step", "final_answer"):
+                continue
+            column = ANSWER_COLUMN if row["alignment"] == "final_answer" else f"step {row['step_idx']}"
+            by_pair.setdefault(row["pair_id"], {}).setdefault((row["layer"], column), {})[row["direction"]] = \
+                row["normalized"]
+        for layer in layers:
+            for column in columns:
+                cells = [cell.get((layer, column), {}) for cell in by_pair.values()]
+                real_values = [c[real] for c in cells if real in c]
+                null_values = [c[null] for c in cells if null in c]
+                paired = [c[real] - c[null] for c in cells if real in c and null in c]
+                mean, low, high = bootstrap_mean(paired)
+                out.append({"hook": hook, "layer": layer, "column": column, "n_real": len(real_values),
+                            f"mean_{real}": _mean(real_values), "n_null": len(null_values),
+                            f"mean_{null}": _mean(null_values), "n_paired": len(paired), "difference": mean,
+                            "low": low, "high": high, "few": len(paired) < FEW_PAIRS,
+                            "excludes_zero": not math.isnan(low) and (low > 0 or high < 0)})
+    return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def write_null_comparison(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """null_comparison.csv (when the study ran the shuffled control); the paths written."""
+    import csv
+    import io
+
+    from cot_patching.runs import artifacts
+
+    table = null_comparison(rows)
+    if not table or not any(row["n_null"] for row in table):
+        return []
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in table:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    path = Path(out_dir) / NULL_FILE
+    artifacts.atomic_write_text(path, buffer.getvalue())
+    return [path]

@@ -23,7 +23,7 @@ from cot_patching.runs.artifacts import LoadedPair
 from cot_patching.experiments.alignment import ANSWERS
 from cot_patching.experiments.attribution import cell_attribution, recipient_gradients, spearman
 from cot_patching.experiments.sweep import (
-    DEFINITIONS_VERSION, DirectionResult, SweepSettings, pair_traces, sweep_direction, trace_metric,
+    DEFINITIONS_VERSION, SHUFFLED, DirectionResult, SweepSettings, pair_traces, sweep_direction, trace_metric,
 )
 from cot_patching.experiments.tables import (
     ATTRIBUTION_COLUMNS, ATTRIBUTION_FILE, RESULT_COLUMNS, RESULTS_FILE, csv_line, read_table,
@@ -71,7 +71,8 @@ def study_definition(settings: SweepSettings, pair_ids: Sequence[str], attributi
     pairs_file = results_dir / artifacts.PAIRS_FILE
     return {
         "definitions_version": DEFINITIONS_VERSION,
-        "sweep": {**asdict(settings), "layers": list(settings.layers), "hooks": list(settings.hooks),
+        "sweep": {**{k: v for k, v in asdict(settings).items() if k != "only_steps" or v is not None},
+                  "layers": list(settings.layers), "hooks": list(settings.hooks),
                   "alignments": list(settings.alignments), "directions": list(settings.directions)},
         "pairs": list(pair_ids), "attribution": attribution,
         "pairs_sha256": file_sha256(pairs_file),
@@ -209,6 +210,8 @@ def run_study(
     pairs = select_pairs(load_pairs(results_dir), pair_ids)
     if any(layer >= model_info.get("n_layers", math.inf) for layer in settings.layers):
         raise StudyError(f"layers {list(settings.layers)}: the model has layers 0..{model_info['n_layers'] - 1}")
+    if SHUFFLED in settings.directions and len(pairs) < 2:
+        raise StudyError(f"the {SHUFFLED} control patches another pair's correct trace: choose at least 2 pairs")
     definition = study_definition(settings, [pair.id for pair in pairs], attribution, model_info, results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -229,7 +232,10 @@ def run_study(
                 traces = pair_traces(model, pair)
                 traces_cache = {pair.id: (traces, {n: trace_metric(model, t) for n, t in traces.traces.items()})}
             traces, metrics = traces_cache[pair.id]
-            result = sweep_direction(model, traces, direction, settings, metrics)
+            donor = None
+            if direction == SHUFFLED:
+                donor = pair_traces(model, pairs[(pairs.index(pair) + 1) % len(pairs)])
+            result = sweep_direction(model, traces, direction, settings, metrics, donor)
             per_cell: list[float | None] = [None] * len(result.rows)
             sizes: dict[str, int] = {}
             if attribution:
@@ -255,9 +261,9 @@ def run_study(
         agreement = attribution_agreement(rows) if attribution else {}
         artifacts.write_json(out_dir / AGREEMENT_FILE, agreement)
         if plots:
-            from cot_patching.experiments.plots import write_heatmaps
+            from cot_patching.experiments.plots import write_heatmaps, write_null_comparison
 
-            plots_written = write_heatmaps(rows, out_dir)
+            plots_written = write_heatmaps(rows, out_dir) + write_null_comparison(rows, out_dir)
             study_settings = read_study_settings(out_dir) or {}
             listed = [name for name in study_settings.get("files") or [] if isinstance(name, str)]
             files = sorted(set(listed) | {path.name for path in plots_written})

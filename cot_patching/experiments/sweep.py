@@ -6,6 +6,9 @@ Definitions (README "Patching: definitions"; `DEFINITIONS_VERSION` changes when 
   (the gap text kept), in R's context (prompt ids + R's tokens before the answer);
 - denoise: recipient R = I, source S = C; noise: R = C, S = I;
 - normalized = (patched - metric(R)) / (metric(S) - metric(R)).
+- denoise_shuffled (the null control): R = I of a pair, S = C of the *next* pair in the study (cyclically), patched
+  at the same aligned cells and normalized by the pair's own gap metric(C) - metric(I). A cell whose denoise effect
+  is no larger than its shuffled effect shows nothing specific to the pair's own correct trace.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from cot_patching.experiments.patching import (
 from cot_patching.models.loading import LoadedModel
 
 DEFINITIONS_VERSION = 1
-DIRECTIONS = {"denoise": ("incorrect", "correct"), "noise": ("correct", "incorrect")}  # (recipient, source)
+DIRECTIONS = {"denoise": ("incorrect", "correct"), "noise": ("correct", "incorrect"),
+              "denoise_shuffled": ("incorrect", "correct")}  # (recipient, source); shuffled: source of another pair
+SHUFFLED = "denoise_shuffled"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class SweepSettings:
     alignments: tuple[str, ...] = ("step", "final_answer")
     directions: tuple[str, ...] = ("denoise", "noise")
     cells_per_forward: int = 1
+    only_steps: dict[str, int | None] | None = None  # pair id -> the one step to patch (`--steps kstar`); None: all
 
     def __post_init__(self) -> None:
         checks = [("hook", self.hooks, HOOKS), ("alignment", self.alignments, ALIGNMENTS),
@@ -154,17 +160,24 @@ class DirectionResult:
 
 def sweep_direction(
     model: LoadedModel, traces: PairTraces, direction: str, settings: SweepSettings,
-    metrics: dict[str, float] | None = None,
+    metrics: dict[str, float] | None = None, donor: PairTraces | None = None,
 ) -> DirectionResult:
-    """Every cell of one direction (alignments x cells x hooks x layers), with its patched metric."""
+    """Every cell of one direction (alignments x cells x hooks x layers), with its patched metric (`donor`: the
+    pair whose correct trace is the source of the shuffled control)."""
     recipient, source = traces.direction(direction)
+    if direction == SHUFFLED:
+        if donor is None or donor.pair.id == traces.pair.id:
+            raise ValueError("the shuffled control needs another pair's correct trace (a study of >= 2 pairs)")
+        source = donor.traces["correct"]
     metrics = metrics or {name: trace_metric(model, trace) for name, trace in traces.traces.items()}
     metric_r, metric_s = (metrics[name] for name in DIRECTIONS[direction])
     names = [hook_name(layer, hook) for hook in settings.hooks for layer in settings.layers]
     acts = source_activations(model, source, recipient.targets, names)
-    sites = [(cell, hook, layer) for alignment in settings.alignments
-             for cell in cells_for(alignment, recipient, source)
-             for hook in settings.hooks for layer in settings.layers]
+    cells = [cell for alignment in settings.alignments for cell in cells_for(alignment, recipient, source)]
+    if settings.only_steps is not None:
+        chosen = settings.only_steps.get(traces.pair.id)
+        cells = [cell for cell in cells if cell.alignment != "step" or cell.step_idx == chosen]
+    sites = [(cell, hook, layer) for cell in cells for hook in settings.hooks for layer in settings.layers]
     patched = patched_metrics(model, recipient, [cell_patches(cell, layer, hook, acts) for cell, hook, layer in sites],
                               settings.cells_per_forward)
     rows = [PatchRow(traces.pair.id, direction, hook, layer, cell.alignment, cell.step_idx, cell.position,

@@ -230,9 +230,11 @@ def _record(slot: Slot, generation: Any, config: DecodeConfig, layout: BatchLayo
     }
 
 
-def label_of(tokenizer: Any, trace_tokens: Sequence[int], gold: str, strict: bool) -> tuple[str, str | None]:
-    """A rollout's label (correct / incorrect / unparsed) by the run's own parser and scorer, and its answer."""
-    verdict = judge_text(decode_tokens(tokenizer, trace_tokens), gold, strict=strict)
+def label_of(tokenizer: Any, trace_tokens: Sequence[int], gold: str, strict: bool, cut: bool = False
+             ) -> tuple[str, str | None]:
+    """A rollout's label (correct / incorrect / unparsed) by the run's own parser and scorer, and its answer
+    (`cut`: it stopped at max-new-tokens)."""
+    verdict = judge_text(decode_tokens(tokenizer, trace_tokens), gold, strict=strict, cut=cut)
     label = "correct" if verdict.correct else ("incorrect" if verdict.parse_ok else "unparsed")
     return label, verdict.parsed.final_answer
 
@@ -271,7 +273,8 @@ class GroupDecoder:
             layout = BatchLayout(size=settings.batch_size, slot=index, width=width, cache_len=self.cache_len,
                                  path=self.decoder.path, group=number, rows=len(group), shard=settings.shard)
             label, answer = label_of(self.model.tokenizer, slot.prefix.tokens(pair) + generation.token_ids,
-                                     pair.pair.gold_answer, settings.strict_format)
+                                     pair.pair.gold_answer, settings.strict_format,
+                                     cut=generation.finish_reason == "length")
             records.append(_record(slot, generation, config, layout, label, answer))
         return records
 

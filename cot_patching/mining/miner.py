@@ -338,7 +338,8 @@ def attempt_record(
     settings: MineSettings, generation: Generation, batch: BatchLayout | None = None,
 ) -> RunRecord:
     """Parse and score a decoded attempt into its runs.jsonl record."""
-    trace = analyze_trace(model.tokenizer, generation.token_ids, problem.gold_answer, settings.strict_format)
+    trace = analyze_trace(model.tokenizer, generation.token_ids, problem.gold_answer, settings.strict_format,
+                          cut=generation.finish_reason == "length")
     return RunRecord(
         id=problem.id,
         attempt=attempt,

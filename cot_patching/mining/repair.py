@@ -50,7 +50,8 @@ def relabel(record: RunRecord, tokenizer: Any, strict: bool) -> RunRecord:
     """The record with every field derived from its token ids recomputed under the current rules."""
     if any(not isinstance(t, int) or not 0 <= t < len(tokenizer) for t in record.token_ids):
         raise artifacts.ArtifactError(f"{record.id} attempt {record.attempt}: token id outside the vocabulary")
-    trace = analyze_trace(tokenizer, record.token_ids, record.gold_answer, strict)
+    trace = analyze_trace(tokenizer, record.token_ids, record.gold_answer, strict,
+                          cut=record.finish_reason == "length")
     if trace.text != record.text:
         raise artifacts.ArtifactError(
             f"{record.id} attempt {record.attempt}: decode(token_ids) differs from the recorded text; "

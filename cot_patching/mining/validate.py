@@ -142,7 +142,7 @@ def _check_run(record: RunRecord, settings: dict[str, Any], schedule: list[float
 
 def _check_text_spans(record: RunRecord, strict: bool) -> list[str]:
     out = []
-    verdict = judge_text(record.text, record.gold_answer, strict=strict)
+    verdict = judge_text(record.text, record.gold_answer, strict=strict, cut=record.finish_reason == "length")
     for span in record.step_spans:
         text = record.text[span["char_start"]:span["char_end"]]
         if text != span["text"]:
@@ -178,7 +178,8 @@ def _check_tokens(record: RunRecord, tokenizer: Any, strict: bool) -> list[str]:
     if (prompt.token_ids, prompt.chat_template_applied) != (record.prompt_token_ids, record.chat_template_applied):
         out.append("prompt_token_ids / chat_template_applied are not what the tokenizer makes of prompt")
     offsets = TokenOffsets.build(tokenizer, record.token_ids)
-    trace = analyze_trace(tokenizer, record.token_ids, record.gold_answer, strict, offsets)
+    trace = analyze_trace(tokenizer, record.token_ids, record.gold_answer, strict, offsets,
+                          cut=record.finish_reason == "length")
     if trace.text != record.text:
         out.append("text != decode(token_ids)")
         return out

@@ -44,8 +44,9 @@ class AnswerSpan:
 # the version it was labelled with; `cot-patching repair` relabels a run written under an earlier one.
 # 1: the seed rules (until 2026-11-23). 2: empty steps dropped, nothing after `Final Answer` is a step, spans
 # start at the header line's first non-whitespace character, next-line answers, sentence answers scored by the
-# number they state, no number -> unparsed.
-TRACE_RULES_VERSION = 2
+# number they state, no number -> unparsed. 3: an answer on the last line of a trace cut by max-new-tokens is no
+# answer; a `Final Answer` inside a fenced code block or a comment after code is not the trace's (lenient mode).
+TRACE_RULES_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,9 @@ class Verdict:
         return self.parse_ok and self.score.correct
 
 
-def judge_text(text: str, gold: str, strict: bool = False) -> Verdict:
-    """Parse a trace's text and score its final answer against the gold."""
-    parsed = parse_trace(text, strict=strict)
+def judge_text(text: str, gold: str, strict: bool = False, cut: bool = False) -> Verdict:
+    """Parse a trace's text and score its final answer against the gold (`cut`: stopped at max-new-tokens)."""
+    parsed = parse_trace(text, strict=strict, cut=cut)
     return Verdict(parsed=parsed, score=score_answer(parsed.final_answer, gold))
 
 
@@ -97,10 +98,12 @@ class AnalyzedTrace(Verdict):
 
 def analyze_trace(
     tokenizer: Any, token_ids: Sequence[int], gold: str, strict: bool = False, offsets: TokenOffsets | None = None,
+    cut: bool = False,
 ) -> AnalyzedTrace:
-    """Decode, parse, score and locate the steps and final answer of one attempt (`offsets`: already built)."""
+    """Decode, parse, score and locate the steps and final answer of one attempt (`offsets`: already built;
+    `cut`: decoding stopped at max-new-tokens, not at end of turn)."""
     offsets = offsets or TokenOffsets.build(tokenizer, token_ids)
-    verdict = judge_text(offsets.text, gold, strict=strict)
+    verdict = judge_text(offsets.text, gold, strict=strict, cut=cut)
     steps = []
     for step in verdict.parsed.steps:
         tok_start, tok_end = offsets.span(step.char_start, step.char_end)

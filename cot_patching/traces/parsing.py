@@ -73,9 +73,25 @@ def _marker_start(text: str, position: int) -> int:
     return line_start if re.fullmatch(_DECO_OPEN, text[line_start:position]) else position
 
 
+_FENCE = re.compile(r"^[ \t]*(```|~~~)", re.MULTILINE)
+# Code before a comment marker on the line: `total = 5  # Final Answer: 5`, `x++; // Final Answer: 5`.
+_CODE_COMMENT = re.compile(r"[ \t]*[^\s#/].*?(?:#+|//)[ \t]*")
+
+
+def in_code(text: str, position: int) -> bool:
+    """Whether `position` lies inside a fenced code block or a comment that follows code on its line."""
+    if len(_FENCE.findall(text, 0, position)) % 2 == 1:
+        return True
+    line_start = text.rfind("\n", 0, position) + 1
+    return bool(_CODE_COMMENT.fullmatch(text[line_start:position].rstrip("*_ \t")))
+
+
 def _find_final(text: str, strict: bool) -> tuple[str | None, tuple[int, int] | None, int | None]:
-    """(answer, answer char span, where the `Final Answer` line's content begins) of the first match."""
-    match = (STRICT_FINAL if strict else LENIENT_FINAL).search(text)
+    """(answer, answer char span, where the `Final Answer` line's content begins) of the first match (lenient:
+    the first outside code, since a `Final Answer` in a code block or comment is the code's, not the trace's)."""
+    matches = (STRICT_FINAL if strict else LENIENT_FINAL).finditer(text)
+    match = next((m for m in matches
+                  if strict or not in_code(text, m.start() + m.group(0).lower().find("final answer"))), None)
     if match is None:
         return None, None, None
     group = 1 if match.group(1) is not None else 2
@@ -87,9 +103,12 @@ def _find_final(text: str, strict: bool) -> tuple[str | None, tuple[int, int] | 
     return text[a:b], (a, b), marker
 
 
-def parse_trace(text: str, strict: bool = False) -> ParsedTrace:
-    """Parse a trace into steps and a final answer; `strict` accepts only the seed regexes."""
+def parse_trace(text: str, strict: bool = False, cut: bool = False) -> ParsedTrace:
+    """Parse a trace into steps and a final answer; `strict` accepts only the seed regexes; `cut`: decoding stopped
+    at max-new-tokens, so an answer on the text's last, unfinished line is no answer (its line was cut)."""
     final_answer, final_span, final_start = _find_final(text, strict)
+    if cut and final_span is not None and "\n" not in text[final_span[1]:]:
+        final_answer, final_span = None, None
     strict_ok = bool(STRICT_STEP.search(text)) and bool(STRICT_FINAL.search(text))
 
     if strict:

@@ -306,3 +306,30 @@ def test_heatmap_files_are_byte_identical_run_to_run(tiny, results, tmp_path):
     assert any(name.endswith(".svg") for name in heatmaps)
     for name in heatmaps:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_shuffled_pair_null_and_kstar_only_steps(tiny, results, tmp_path):
+    out = tmp_path / "patching"
+    settings = SweepSettings(layers=(0, 1), directions=("denoise", "denoise_shuffled"))
+    run_study(tiny, results, out, settings, tiny.info.to_json(), progress=False, attribution=False)
+    rows = read_table(out / "results.csv")
+    real = {(r["pair_id"], r["layer"], r["alignment"], r["step_idx"]): r for r in rows if r["direction"] == "denoise"}
+    null = [r for r in rows if r["direction"] == "denoise_shuffled"]
+    assert null and len(null) == len(real)
+    for row in null:  # normalized by the pair's own gap; the source is the other pair's correct trace
+        twin = real[(row["pair_id"], row["layer"], row["alignment"], row["step_idx"])]
+        assert row["metric_source"] == twin["metric_source"] and row["metric_recipient"] == twin["metric_recipient"]
+    assert any(row["metric_patched"] != real[(row["pair_id"], row["layer"], row["alignment"], row["step_idx"])][
+        "metric_patched"] for row in null)  # another pair's activations are not the pair's own
+    table = (out / "null_comparison.csv").read_text().splitlines()
+    assert table[0].startswith("hook,layer,column,n_real") and len(table) > 1
+    assert "null_comparison.csv" in json.loads((out / "settings.json").read_text())["files"]
+    assert any(p.name == "heatmap_denoise_shuffled_resid_post_mean.png" for p in out.iterdir())
+    with pytest.raises(StudyError, match="at least 2 pairs"):
+        run_study(tiny, results, tmp_path / "one", settings, tiny.info.to_json(), pair_ids=["q0"], progress=False,
+                  attribution=False, plots=False)
+    only = tmp_path / "kstar"
+    run_study(tiny, results, only, SweepSettings(layers=(0,), only_steps={"q0": 2, "q1": None}),
+              tiny.info.to_json(), progress=False, attribution=False, plots=False)
+    steps = {(r["pair_id"], r["step_idx"]) for r in read_table(only / "results.csv") if r["alignment"] == "step"}
+    assert steps == {("q0", 2)}

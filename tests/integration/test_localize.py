@@ -74,7 +74,8 @@ def test_every_prefix_gets_its_rollouts_with_derived_seeds_and_the_runs_labels(t
         pair = by_id[record["pair_id"]]
         kept = [] if record["trace"] == "prompt" else list(pair.trace(record["trace"]).token_ids[:record["prefix_len"]])
         assert len(kept) + len(record["token_ids"]) <= MAX_NEW
-        assert record["label"] == label_of(tiny.tokenizer, kept + record["token_ids"], "7", False)[0]
+        cut = record["finish_reason"] == "length"
+        assert record["label"] == label_of(tiny.tokenizer, kept + record["token_ids"], "7", False, cut)[0]
     assert len({r["seed"] for r in records}) == len(records)
     # the prefix through step k ends where the run's span of step k ends
     step2 = next(p for p in prefixes if p.trace == "correct" and p.step == 2)

@@ -15,6 +15,7 @@ from cot_patching.mining.miner import MiningError, mine, run_attempt
 from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.traces.prompt import build_prompt, encode_prompt
+from cot_patching.traces.analysis import TRACE_RULES_VERSION
 from cot_patching.mining.repair import repair_run
 from cot_patching.mining.validate import validate_outdir
 
@@ -110,7 +111,7 @@ def test_repair_then_resume_equals_mining_from_scratch(scripted, tmp_path):
     assert [(e["record"]["id"], e["record"]["attempt"]) for e in aside] == [("p1", 2)]
     assert validate_outdir(old, model.tokenizer) == []
     manifest = json.loads((old / artifacts.MANIFEST_FILE).read_text())
-    assert manifest["settings"]["trace_rules_version"] == 2
+    assert manifest["settings"]["trace_rules_version"] == TRACE_RULES_VERSION == 3
     assert manifest["repairs"][-1]["from_trace_rules_version"] == 1
 
     runs_bytes = (old / artifacts.RUNS_FILE).read_bytes()

@@ -142,3 +142,26 @@ def test_final_answer_variants_parse_and_are_not_strict(text, answer):
 def test_the_final_answer_in_prose_is_not_a_header():
     parsed = parse_trace("Step 1: 3 + 4 = 7\nSo the final answer is 7.")
     assert parsed.final_answer is None and not parsed.parse_ok
+
+
+def test_a_final_answer_in_a_code_block_or_after_code_is_not_the_traces():
+    text = ("Step 1: Write the code.\n```python\napples = 3 + 4\n# Final Answer: 12\nprint(apples)\n```\n"
+            "Step 2: It prints 7.\nFinal Answer: 7")
+    parsed = parse_trace(text)
+    assert parsed.final_answer == "7" and [s.step_idx for s in parsed.steps] == [1, 2]
+    assert parse_trace("Step 1: total = 3 + 4  # Final Answer: 12\nFinal Answer: 7").final_answer == "7"
+    assert parse_trace("Step 1: x\n```\nFinal Answer: 12\n```").final_answer is None  # only in code: none
+    # negative controls: a markdown heading and a plain line stay answers
+    assert parse_trace("Step 1: 3 + 4 = 7\n### Final Answer: 7").final_answer == "7"
+    assert parse_trace("Step 1: 3 + 4 = 7\n**Final Answer:** 7").final_answer == "7"
+    # the seed regexes are applied verbatim in strict mode
+    assert parse_trace("Step 1: x\n```\nFinal Answer: 12\n```", strict=True).final_answer == "12"
+
+
+def test_an_answer_line_cut_by_max_new_tokens_is_no_answer():
+    cut = "Step 1: He works 5 days a week.\nStep 2: 5 * 8 = 40.\nFinal Answer: The answer is 5 days and"
+    assert parse_trace(cut).final_answer is not None  # finished by end of turn, it would be the answer
+    parsed = parse_trace(cut, cut=True)
+    assert parsed.final_answer is None and not parsed.parse_ok and len(parsed.steps) == 2
+    finished = "Step 1: 5 * 8 = 40.\nFinal Answer: 40\nStep 2: and then"
+    assert parse_trace(finished, cut=True).final_answer == "40"  # the answer line ended before the cut
