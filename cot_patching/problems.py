@@ -29,10 +29,19 @@ class Problem:
     question: str
     gold_answer: str
     source: str = ""
+    gold_steps: int | None = None  # GSM8K: the reference solution's `<<...>>` calculations (None: not known)
 
-    def to_json(self) -> dict[str, str]:
-        """The record as written to problem files."""
-        return asdict(self)
+    def to_json(self) -> dict[str, Any]:
+        """The record as written to problem files (`gold_steps` only where known)."""
+        data = asdict(self)
+        if self.gold_steps is None:
+            del data["gold_steps"]
+        return data
+
+    @property
+    def difficulty(self) -> str | None:
+        """The difficulty bucket of `gold_steps`: "1", "2", "3", "4" or "5+" (None: not known)."""
+        return None if self.gold_steps is None else (str(self.gold_steps) if self.gold_steps < 5 else "5+")
 
 
 def load_problems(path: str | Path) -> list[Problem]:
@@ -75,11 +84,15 @@ def _validate_item(path: Path, index: int, item: Any) -> Problem:
         raise ProblemFileError(f"{where}: 'gold_answer' must be a number or a numeric string")
     if parse_number(str(gold)) is None:
         raise ProblemFileError(f"{where}: 'gold_answer' {gold!r} is not numeric")
+    steps = item.get("gold_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise ProblemFileError(f"{where}: 'gold_steps' must be a non-negative integer")
     return Problem(
         id=str(problem_id),
         question=question,
         gold_answer=str(gold),
         source=str(item.get("source", "")),
+        gold_steps=steps,
     )
 
 
@@ -114,7 +127,8 @@ def read_gsm8k(split: str = "test", offline: bool | None = None) -> list[Problem
     for row_index, row in enumerate(rows):
         gold = gsm8k_gold(row["answer"])
         if gold is not None:
-            problems.append(Problem(f"gsm8k-{split}-{row_index:04d}", row["question"], gold, source))
+            problems.append(Problem(f"gsm8k-{split}-{row_index:04d}", row["question"], gold, source,
+                                    gold_steps=row["answer"].count("<<")))
     return problems
 
 
@@ -147,3 +161,22 @@ def deterministic_sample(problems: list[Problem], n: int, salt: str = "cot-patch
         raise ValueError("sample size must be positive")
     ranked = sorted(problems, key=lambda p: hashlib.sha256(f"{salt}:{p.id}".encode()).hexdigest())
     return ranked[:n]
+
+
+def stratified_sample(problems: list[Problem], n: int, buckets: Iterable[str], salt: str = "cot-patching"
+                      ) -> list[Problem]:
+    """Up to `n` problems drawn round-robin from the difficulty `buckets` (each ranked as `deterministic_sample`
+    ranks), so every prefix of the result is balanced across buckets; problems of other buckets are left out."""
+    if n <= 0:
+        raise ValueError("sample size must be positive")
+    chosen = list(buckets)
+    if any(p.difficulty is None for p in problems):
+        raise ValueError("stratifying needs each problem's gold_steps (GSM8K's reference calculations)")
+    ranked = {bucket: deterministic_sample([p for p in problems if p.difficulty == bucket], max(1, len(problems)),
+                                           salt) for bucket in chosen}
+    out: list[Problem] = []
+    depth = 0
+    while len(out) < n and any(depth < len(items) for items in ranked.values()):
+        out += [items[depth] for items in ranked.values() if depth < len(items)][: n - len(out)]
+        depth += 1
+    return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from dataclasses import replace
 
 from cot_patching.problems import (
     DATA_DIR, ProblemFileError, deterministic_sample, gsm8k_gold, load_problems, read_gsm8k, read_svamp,
@@ -62,4 +63,22 @@ def test_vendored_datasets_read_offline():
 def test_committed_sample_is_the_deterministic_sample():
     committed = load_problems(DATA_DIR / "problems.sample.json")
     assert len(committed) == 60
-    assert committed == deterministic_sample(read_gsm8k("test"), 60)
+    # written before problems carried gold_steps: the same problems otherwise
+    assert committed == [replace(p, gold_steps=None) for p in deterministic_sample(read_gsm8k("test"), 60)]
+
+
+def test_a_stratified_sample_is_balanced_in_every_prefix_and_records_gold_steps(tmp_path):
+    from cot_patching.problems import load_problems, read_gsm8k, stratified_sample, write_problems
+
+    pool = read_gsm8k("test")
+    assert all(p.gold_steps is not None for p in pool)
+    assert pool[0].gold_steps == pool[0].gold_steps and sum(p.gold_steps == 0 for p in pool) < len(pool)
+    sample = stratified_sample(pool, 40, ["2", "3", "4", "5+"])
+    assert [p.difficulty for p in sample[:8]] == ["2", "3", "4", "5+"] * 2
+    assert len({p.id for p in sample}) == 40 and stratified_sample(pool, 40, ["2", "3", "4", "5+"]) == sample
+    path = tmp_path / "problems.json"
+    write_problems(sample, path)
+    assert [p.gold_steps for p in load_problems(path)] == [p.gold_steps for p in sample]
+    no_steps = [p.__class__(p.id, p.question, p.gold_answer) for p in pool[:3]]
+    with pytest.raises(ValueError, match="gold_steps"):
+        stratified_sample(no_steps, 2, ["2"])
