@@ -26,6 +26,7 @@ def patch_command(
     steps: str = typer.Option("all", help="all: every aligned step; kstar: only each pair's k* from "
                               "RESULTS/localization/summary.json (`cot-patching localize`)."),
     pairs: Optional[str] = typer.Option(None, help="Comma-separated pair ids.  [default: every pair]"),
+    max_pairs: Optional[int] = typer.Option(None, "--max-pairs", help="The first N pairs of the run (after --pairs)."),
     attribution: bool = typer.Option(True, "--attribution/--no-attribution",
                                      help="Also run attribution patching and its agreement."),
     batch_cells: Optional[int] = typer.Option(None, "--batch-cells", help="Cells per forward (2 rows each).  "
@@ -55,6 +56,10 @@ def patch_command(
         if not loaded_pairs:
             raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to patch (mine more, then rerun)")
         chosen = select_pairs(loaded_pairs, _names(pairs) if pairs else None)
+        if max_pairs is not None:
+            if max_pairs < 1:
+                raise ValueError(f"--max-pairs must be >= 1, got {max_pairs}")
+            chosen = chosen[:max_pairs]
         only_steps = kstar_steps(root, [pair.id for pair in chosen]) if steps == "kstar" else None
         if steps not in ("all", "kstar"):
             raise ValueError(f"--steps must be all or kstar, got {steps!r}")
@@ -74,7 +79,7 @@ def patch_command(
         )
         report = run_study(
             loaded, root, out_dir, settings, {**loaded.info.to_json(), "name": found.recorded_name},
-            pair_ids=[pair.id for pair in chosen] if pairs else None, attribution=attribution,
+            pair_ids=[pair.id for pair in chosen] if pairs or max_pairs else None, attribution=attribution,
             overwrite=overwrite, progress=progress, argv=sys.argv, plots=plots,
         )
         typer.echo(f"patched {report.units_done} (pair, direction) units, {report.units_skipped} already done; "
