@@ -41,7 +41,7 @@ case "$step" in
   pack)
     for dir in "$@"; do
       base=$(basename "$dir")
-      tar -C "$(dirname "$dir")" -cJf - "$base" | split -b 15M -d - "$OUT/$base.tar.xz.part"
+      XZ_OPT="-T0 -6" tar -C "$(dirname "$dir")" -cJf - "$base" | split -b 15M -d - "$OUT/$base.tar.xz.part"
     done
     for log in "$LEASE"/*.log; do echo "===== $log"; tail -c 300000 "$log"; done > "$OUT/logs.txt" 2>/dev/null || true
     ls -la "$OUT"

@@ -16,6 +16,7 @@ from cot_patching.runs.artifacts import LoadedPair, RunRecord
 from cot_patching.traces.spans import Decoder, TokenOffsets
 
 PATCHING_DIR = "patching"
+LOCALIZATION_DIR = "localization"  # `cot-patching localize` writes steps.csv and summary.json here
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,23 @@ class RunView:
     patching_rows: list[dict[str, Any]] = field(default_factory=list)
     patching_agreement: dict[str, Any] = field(default_factory=dict)
     heatmaps: list[Path] = field(default_factory=list)
+    localization: dict[str, dict[str, Any]] = field(default_factory=dict)  # pair id -> k*, p_k curves
+
+
+def read_localization(folder: Path) -> dict[str, dict[str, Any]]:
+    """Per localized pair: k*, the forking index and both p_k curves ([step, p, low, high, n] rows)."""
+    steps, summary = folder / "steps.csv", folder / "summary.json"
+    if not (steps.is_file() and summary.is_file()):
+        return {}
+    per_pair = artifacts.read_json_file(summary, dict).get("per_pair") or {}
+    out = {pair_id: {**entry, "curves": {"correct": [], "incorrect": []}} for pair_id, entry in per_pair.items()}
+    for row in csv.DictReader(io.StringIO(artifacts.read_text_file(steps), newline="")):
+        entry = out.get(row["pair_id"])
+        if entry is None or row["trace"] not in entry["curves"]:
+            continue
+        entry["curves"][row["trace"]].append([int(row["step"])] + [float(row[k]) if row[k] else None
+                                                                   for k in ("p", "low", "high")] + [int(row["n"])])
+    return out
 
 
 def load_run_view(root: str | Path) -> RunView:
@@ -133,4 +151,5 @@ def load_run_view(root: str | Path) -> RunView:
         agreement = study / "agreement.json"
         view.patching_agreement = artifacts.read_json_file(agreement, dict) if agreement.is_file() else {}
         view.heatmaps = sorted(study.glob("heatmap_*.png"))
+    view.localization = read_localization(root / LOCALIZATION_DIR)
     return view

@@ -117,7 +117,8 @@ def pair_data(view: RunView, tokenizer: Decoder | None) -> list[dict[str, Any]]:
                 "chunks": [chunk.to_json() for chunk in chunks],
             }
         out.append({"id": pair.id, "problem": pair.pair.problem, "gold": pair.pair.gold_answer,
-                    "n_attempts": pair.pair.n_attempts, "first_diff": diff, "traces": traces})
+                    "n_attempts": pair.pair.n_attempts, "first_diff": diff, "traces": traces,
+                    "localization": view.localization.get(pair.id)})
     return out
 
 
@@ -155,6 +156,8 @@ def render_report(view: RunView, tokenizer: Decoder | None = None) -> str:
         activation_index=view.activation_index, activation_config=view.activation_config,
         patching_rows=len(view.patching_rows), heatmaps=heatmap_images(view),
         agreement=agreement, agreement_pairs=(view.patching_agreement or {}).get("per_pair") or {},
+        localized=len(view.localization),
+        kstars=sum(1 for entry in view.localization.values() if entry.get("kstar") is not None),
     )
 
 
