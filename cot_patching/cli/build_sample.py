@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import typer
 
 from cot_patching.cli.errors import clear_errors
@@ -37,7 +39,10 @@ def build_sample_command(
             raise ValueError(f"--stratify buckets must be among 1,2,3,4,5+, got {', '.join(unknown)}")
         if buckets and source != "gsm8k":
             raise ValueError("--stratify needs --source gsm8k (SVAMP has no reference calculations)")
-        sample = (stratified_sample(pool, n + skip, buckets) if buckets else deterministic_sample(pool, n + skip))[skip:]
+        if buckets:
+            sample = stratified_sample(pool, n + skip, buckets)[skip:]
+        else:  # unstratified samples stay byte-identical to those written before problems carried gold_steps
+            sample = [replace(p, gold_steps=None) for p in deterministic_sample(pool, n + skip)[skip:]]
         if len(sample) < n:
             typer.echo(f"warning: the {source} pool has {len(pool)} problems: {len(sample)} left after --skip {skip}",
                        err=True)

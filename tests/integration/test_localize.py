@@ -18,11 +18,15 @@ from cot_patching.localization.rollouts import (
     rollouts_file, run_phase, slots_of, step_prefixes, verify_rollouts, LocalizeReport,
 )
 from cot_patching.mining.miner import mine
+from cot_patching.models.backends import BRIDGE, resolve_backend
 from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.runs.directory import load_pairs
 
 from helpers import MULTI_STEP_CORRECT, MULTI_STEP_WRONG, ScriptedSampler
+
+# Rollouts run on the batched decoder, which decodes the bridge's Hugging Face model (as `mine --batch-size` does).
+pytestmark = pytest.mark.skipif(resolve_backend(None) != BRIDGE, reason="batched decoding runs on the bridge only")
 
 MAX_NEW = 64
 SETTINGS = LocalizeSettings(rollouts=3, batch_size=8, fork_rollouts=0, max_new_tokens=MAX_NEW)
