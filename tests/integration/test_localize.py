@@ -55,8 +55,9 @@ def test_a_forked_prefill_gives_the_logits_and_tokens_of_a_full_prefill(tiny):
     full = tiny.batched_decoder(4, 256)
     forked = tiny.batched_decoder(4, 256)
     single = tiny.batched_decoder(1, 256)
-    a = full.prefill(prompts, 5)
-    b = forked.prefill_forked(prompts, 5, single)
+    with torch.inference_mode():  # as `sample_batch` runs them (a cached decoder's cache is an inference tensor)
+        a = full.prefill(prompts, 5)
+        b = forked.prefill_forked(prompts, 5, single)
     assert torch.allclose(a[:3], b[:3], atol=1e-5, rtol=1e-5)
     assert torch.equal(b[0], b[1])  # one prefill, copied
     rows = [None if p is None else BatchRow(p, DecodeConfig(0.0, 1.0, 12), 1) for p in prompts]
