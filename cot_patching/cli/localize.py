@@ -14,7 +14,12 @@ from cot_patching.cli.errors import clear_errors
 def localize_command(
     results: str = typer.Option("results/", help="A mining output directory (pairs.jsonl, runs.jsonl)."),
     out: Optional[str] = typer.Option(None, help="Localization directory.  [default: RESULTS/localization]"),
-    rollouts: int = typer.Option(100, help="Rollouts per step boundary of each trace (R)."),
+    rollouts: int = typer.Option(100, help="Rollouts per step boundary of each trace (R; on a localized folder: "
+                                 "more than recorded adds rollouts before the forking phase)."),
+    stop_width: Optional[float] = typer.Option(None, "--stop-width", help="Adaptive stopping: after each round a "
+                                               "prefix whose 95% interval half-width is at most this gets no more."),
+    round_size: Optional[int] = typer.Option(None, "--round-size", help="Rollouts per prefix per round.  [default: "
+                                             "R/4 with --stop-width, else R]"),
     temperature: float = typer.Option(0.7, help="Rollout temperature."),
     top_p: float = typer.Option(0.95, "--top-p", help="Rollout top-p."),
     batch_size: int = typer.Option(100, "--batch-size", help="Rollout slots per forward."),
@@ -39,7 +44,7 @@ def localize_command(
     from cot_patching.experiments.study import select_pairs
     from cot_patching.localization.outputs import summarize
     from cot_patching.localization.rollouts import (
-        LOCALIZATION_DIR, LocalizeSettings, localize_run, read_rollouts, verify_rollouts,
+        LOCALIZATION_DIR, LocalizeSettings, localize_run, read_rollouts, rounds_for, verify_rollouts,
     )
     from cot_patching.mining.settings import MineSettings
     from cot_patching.runs import artifacts
@@ -58,9 +63,11 @@ def localize_command(
             if max_pairs < 1:
                 raise ValueError(f"--max-pairs must be >= 1, got {max_pairs}")
             chosen = chosen[:max_pairs]
+        if round_size is None and stop_width is not None:
+            round_size = max(1, rollouts // 4)
         settings = LocalizeSettings(
-            rollouts=rollouts, temperature=temperature, top_p=top_p, batch_size=batch_size,
-            fork_rollouts=fork_rollouts, fork_threshold=fork_threshold, max_new_tokens=mined.max_new_tokens,
+            rollouts=rollouts, rounds=rounds_for(rollouts, round_size), stop_width=stop_width,
+            temperature=temperature, top_p=top_p, batch_size=batch_size, fork_rollouts=fork_rollouts, fork_threshold=fork_threshold, max_new_tokens=mined.max_new_tokens,
             strict_format=mined.strict_format, shard=shard)
         if verify is not None and verify < 1:
             raise ValueError(f"--verify must be >= 1, got {verify}")

@@ -13,6 +13,7 @@ import torch
 from cot_patching.decoding.batched import BatchRow, sample_batch
 from cot_patching.decoding.sampling import DecodeConfig
 from cot_patching.localization.outputs import FORKS_CSV, STEPS_CSV, summarize
+from cot_patching.localization.stats import wilson_interval
 from cot_patching.localization.rollouts import (
     LocalizeError, LocalizeSettings, fork_plan, fork_prefixes, label_of, localize_run, read_rollouts, rollout_seed,
     rollouts_file, run_phase, slots_of, step_prefixes, verify_rollouts, LocalizeReport,
@@ -114,15 +115,65 @@ def test_verify_replays_rollouts_and_catches_a_changed_one(tiny, run, localized,
 
 def test_another_setting_or_foreign_rollouts_are_refused(tiny, run, localized, tmp_path):
     out, _ = localized
-    with pytest.raises(LocalizeError, match="different settings"):
-        localize_run(tiny, run, out, LocalizeSettings(rollouts=4, batch_size=8, fork_rollouts=0, max_new_tokens=MAX_NEW),
-                     load_pairs(run), tiny.info.to_json())
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    for other in (LocalizeSettings(rollouts=3, temperature=0.9, batch_size=8, fork_rollouts=0, max_new_tokens=MAX_NEW),
+                  LocalizeSettings(rollouts=2, batch_size=8, fork_rollouts=0, max_new_tokens=MAX_NEW)):
+        with pytest.raises(LocalizeError, match="different settings"):
+            localize_run(tiny, run, out, other, load_pairs(run), tiny.info.to_json())
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "rollouts.jsonl").write_text("{}\n")
     with pytest.raises(LocalizeError, match="not a localization of ours"):
         localize_run(tiny, run, foreign, SETTINGS, load_pairs(run), tiny.info.to_json())
     assert (foreign / "rollouts.jsonl").read_text() == "{}\n"
+
+
+def test_more_rollouts_extend_a_localization_and_keep_its_records(tiny, run, localized, tmp_path):
+    out = tmp_path / "localization"
+    shutil.copytree(localized[0], out)
+    before = (out / "rollouts.jsonl").read_bytes()
+    more = LocalizeSettings(rollouts=5, batch_size=8, fork_rollouts=0, max_new_tokens=MAX_NEW)
+    report = localize_run(tiny, run, out, more, load_pairs(run), tiny.info.to_json())
+    after = (out / "rollouts.jsonl").read_bytes()
+    assert after.startswith(before) and len(after) > len(before)  # appended, nothing rewritten
+    added = [json.loads(line) for line in after[len(before):].decode().splitlines()]
+    assert sorted({r["r"] for r in added}) == [3, 4] and len(added) == report.rollouts_done == 14 * 2
+    fresh = tmp_path / "fresh"
+    localize_run(tiny, run, fresh, LocalizeSettings(rollouts=5, rounds=(3, 5), batch_size=8, fork_rollouts=0,
+                                                    max_new_tokens=MAX_NEW), load_pairs(run), tiny.info.to_json())
+    assert (fresh / "rollouts.jsonl").read_bytes() == after  # extending = localizing in those rounds at once
+    recorded = json.loads((out / "settings.json").read_text())["settings"]
+    assert recorded["rollouts"] == 5 and recorded["rounds"] == [3, 5]
+
+
+def test_adaptive_stopping_ends_a_prefix_once_its_interval_is_narrow(tiny, run, tmp_path):
+    out = tmp_path / "adaptive"
+    settings = LocalizeSettings(rollouts=6, rounds=(2, 4, 6), stop_width=0.35, batch_size=8, fork_rollouts=0,
+                                max_new_tokens=MAX_NEW)
+    localize_run(tiny, run, out, settings, load_pairs(run), tiny.info.to_json())
+    records = read_rollouts(out)
+    by_prefix: dict[tuple, list[dict]] = {}
+    for record in records:
+        by_prefix.setdefault((record["pair_id"], record["tag"], record["prefix_len"]), []).append(record)
+    assert len(by_prefix) == 14
+    stopped = 0
+    for rollouts in by_prefix.values():
+        n = len(rollouts)
+        assert sorted(r["r"] for r in rollouts) == list(range(n)) and n in (2, 4, 6)
+        for bound in (2, 4):  # open after a round exactly when its interval is wider than 2 * stop_width
+            if n >= bound:
+                correct = sum(r["label"] == "correct" for r in rollouts if r["r"] < bound)
+                low, high = wilson_interval(correct, bound)
+                assert ((high - low) / 2 > 0.35) == (n > bound)
+        stopped += n < 6
+    assert stopped > 0  # the rule did stop some prefix (at n = 2, 0 or 2 of 2 correct: half-width 0.33)
+    summary = summarize(load_pairs(run), out, MAX_NEW, tiny.tokenizer)
+    assert summary["rollouts"] == len(records)
+    with pytest.raises(LocalizeError, match="stop_width"):
+        localize_run(tiny, run, out, LocalizeSettings(rollouts=6, rounds=(2, 4, 6), stop_width=0.2, batch_size=8,
+                                                      fork_rollouts=0, max_new_tokens=MAX_NEW),
+                     load_pairs(run), tiny.info.to_json())
 
 
 def test_tables_summary_and_plots_come_from_the_records(tiny, run, localized):
