@@ -15,7 +15,7 @@ case "$step" in
   setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site .whl/*.whl
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    python3 -c "import torch, transformers, transformer_lens, gguf; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'transformer_lens', transformer_lens.__version__)"
+    python3 -c "import importlib.metadata, torch, transformers, transformer_lens, gguf; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'transformer_lens', importlib.metadata.version('transformer-lens'))"
     ;;
   piece)
     for f in .cpart/*; do mv "$f" "$LEASE/pieces/"; done
