@@ -1,6 +1,6 @@
 """Activation patching over every (direction, hook, layer, cell) of one pair: the metric and its patched values.
 
-Definitions (README "Patching: definitions"; `DEFINITIONS_VERSION` changes when one does):
+Definitions (docs/patching.md "Definitions"; `DEFINITIONS_VERSION` changes when one does):
 - a pair is (C, I); g = the gold answer, w = I's normalized answer;
 - metric(R) = sum log p(g's tokens) - sum log p(w's tokens), each answer written right after R's `Final Answer:`
   (the gap text kept), in R's context (prompt ids + R's tokens before the answer);
