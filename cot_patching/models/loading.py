@@ -448,22 +448,24 @@ def check_kv_cache(loaded: LoadedModel) -> float:
     """Refuse a model whose cached decode logits differ from its full forward's; the largest relative difference.
 
     Runs a prefix, then one token at a time through `LoadedModel.step` (and, on the bridge, the default batched
-    decoder), against one forward over the whole sequence. This is also the first forward, so a CUDA OOM surfaces
+    decoder), each against one forward over the whole sequence through the same modules. This is also the first forward, so a CUDA OOM surfaces
     here, inside `load_model`'s fallback.
     """
     vocab = int(loaded.model.cfg.d_vocab)
     ids = torch.tensor([[(1 + 37 * i) % vocab for i in range(CACHE_CHECK_PREFIX + CACHE_CHECK_STEPS)]],
                        device=loaded.device)
-    full = loaded.logits(ids)[0].float()
-    cached = _stepped_logits(loaded, ids)
+    # each cached path against one full forward of its own modules: in half precision the bridge's modules and
+    # Hugging Face's differ by rounding alone more than a cache's rounding does
+    checks = [(loaded.logits(ids)[0].float(), _stepped_logits(loaded, ids))]
     if loaded.info.backend == BRIDGE and not _bitsandbytes_quantized(loaded.model.original_model):
-        cached += _batched_logits(loaded, ids)
+        checks.append(_batched_logits(loaded, ids))
     tolerance = CACHE_CHECK_TOLERANCE.get(DTYPES[loaded.info.dtype], HALF_PRECISION_TOLERANCE)
     worst = 0.0
-    for position, logits in cached:
-        reference = full[position]
-        difference = float((logits.float() - reference).abs().max() / reference.abs().max().clamp(min=1.0))
-        worst = max(worst, difference)
+    for full, cached in checks:
+        for position, logits in cached:
+            reference = full[position]
+            difference = float((logits.float() - reference).abs().max() / reference.abs().max().clamp(min=1.0))
+            worst = max(worst, difference)
     if worst > tolerance:
         raise CacheCheckError(
             f"{loaded.info.name}: logits decoded with the KV cache differ from the full forward's by {worst:.3g} "
@@ -482,16 +484,18 @@ def _stepped_logits(loaded: LoadedModel, ids: Int[Tensor, "1 pos"]) -> list[tupl
     return out
 
 
-def _batched_logits(loaded: LoadedModel, ids: Int[Tensor, "1 pos"]) -> list[tuple[int, Tensor]]:
-    from cot_patching.decoding.batched import DEFAULT_BATCH_PATH
+def _batched_logits(loaded: LoadedModel, ids: Int[Tensor, "1 pos"]
+                    ) -> tuple[Float[Tensor, "pos vocab"], list[tuple[int, Tensor]]]:
+    from cot_patching.decoding.batched import DEFAULT_BATCH_PATH, path_modules
 
     eager_path = DEFAULT_BATCH_PATH["cpu"]  # the default modules, without a graph capture at load time
+    full = loaded.plain_model(path_modules(eager_path))(ids).logits[0].float()
     decoder = loaded.batched_decoder(1, 2 * ids.shape[1], eager_path)
     out = [(CACHE_CHECK_PREFIX - 1, decoder.prefill([ids[0, :CACHE_CHECK_PREFIX].tolist()], CACHE_CHECK_PREFIX)[0])]
     for position in range(CACHE_CHECK_PREFIX, ids.shape[1]):
         out.append((position, decoder.step(ids[0, position: position + 1])[0]))
     loaded._graphed.pop(("batched", 1, 2 * ids.shape[1], eager_path), None)
-    return out
+    return full, out
 
 
 def _bitsandbytes_quantized(hf_model: Any) -> bool:

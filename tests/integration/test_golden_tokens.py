@@ -80,6 +80,40 @@ def test_the_load_time_check_refuses_a_model_whose_cache_is_ignored(embedded: Lo
         check_kv_cache(embedded)
 
 
+def test_the_load_time_check_refuses_a_batched_decoder_whose_cache_is_ignored(embedded: LoadedModel,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control of the batched half: each decode step attending to its own token alone is refused, though
+    the batched path is checked against its own modules' full forward (not the bridge's)."""
+    import cot_patching.decoding.plain as plain
+
+    original = plain.grouped_attention
+
+    def own_token_only(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+        if query.shape[2] == 1:  # decode: only the newest key/value, as a cache the step ignores
+            return original(module, query, key[:, :, -1:], value[:, :, -1:], None, **kwargs)
+        return original(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(plain, "grouped_attention", own_token_only)
+    embedded._graphed.pop("grouped", None)  # rebuild the twin with the broken attention registered
+    try:
+        with pytest.raises(CacheCheckError, match="differ from the full forward"):
+            check_kv_cache(embedded)
+    finally:
+        embedded._graphed.pop("grouped", None)
+        monkeypatch.undo()
+        plain.register_grouped_attention()
+
+
+def test_grouped_twin_is_causal_without_a_mask(embedded: LoadedModel) -> None:
+    """A full forward of the grouped twin with no attention mask (one unpadded sequence) equals the sdpa twin's:
+    causal, as Hugging Face's sdpa is when given no mask."""
+    ids = torch.tensor([[5, 17, 3, 99, 42, 7]])
+    with torch.inference_mode():
+        grouped = embedded.plain_model("grouped")(ids).logits
+        plain_sdpa = embedded.plain_model("plain")(ids).logits
+    assert torch.allclose(grouped, plain_sdpa, atol=1e-4)
+
+
 def test_without_the_cache_hand_over_the_bridge_decodes_garbage_on_transformers_5_24(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Negative control of the fix itself: where transformers passes `cache=`, the bridge needs the hand-over."""
