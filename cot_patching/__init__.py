@@ -13,6 +13,7 @@ from cot_patching.traces.spans import TokenOffsets, decode_tokens, token_spans
 from cot_patching.problems import Problem, load_problems
 from cot_patching.runs.artifacts import LoadedPair, PairRecord, RunRecord, read_pairs, read_run_at, read_runs
 from cot_patching.runs.directory import RunDirectory, load_pairs
+from cot_patching.runs.manifest import ModelIdentity, RunManifest, Session
 from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample, temperature_schedule
 from cot_patching.models.loading import LoadedModel, load_model
 from cot_patching.mining.settings import MineOptions, MineSettings
@@ -28,6 +29,7 @@ __all__ = [
     "Problem", "load_problems",
     "LoadedPair", "PairRecord", "RunRecord", "read_pairs", "read_run_at", "read_runs",
     "RunDirectory", "load_pairs",
+    "ModelIdentity", "RunManifest", "Session",
     "DecodeConfig", "Generation", "attempt_seed", "sample", "temperature_schedule",
     "LoadedModel", "load_model",
     "MineOptions", "MineSettings",

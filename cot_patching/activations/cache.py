@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -263,14 +262,11 @@ def cache_activations(
     todo = [pair for pair in pairs if pair.id not in done]
     bar = artifacts.progress_bar(len(pairs), "pairs", "pair", progress, initial=len(pairs) - len(todo))
     cached = 0
-    with open(out_dir / INDEX_FILE, "a", encoding="utf-8") as index:
-        for entry in cache_pairs(model, todo, settings, out_dir, model_info, strict_format, traces_per_forward):
-            index.write(json.dumps(entry) + "\n")
-            index.flush()
-            os.fsync(index.fileno())
-            cached += 1
-            if bar is not None:
-                bar.update(1)
+    for entry in cache_pairs(model, todo, settings, out_dir, model_info, strict_format, traces_per_forward):
+        artifacts.append_fsynced(out_dir / INDEX_FILE, json.dumps(entry) + "\n")
+        cached += 1
+        if bar is not None:
+            bar.update(1)
     if bar is not None:
         bar.close()
     return CacheReport(cached=cached, skipped=len(pairs) - len(todo), repaired=repaired)

@@ -44,16 +44,17 @@ def localize_command(
     from cot_patching.experiments.study import select_pairs
     from cot_patching.localization.outputs import summarize
     from cot_patching.localization.rollouts import (
-        LOCALIZATION_DIR, LocalizeSettings, localize_run, read_rollouts, rounds_for, verify_rollouts,
+        LocalizeSettings, localize_run, read_rollouts, rounds_for, verify_rollouts,
     )
     from cot_patching.mining.settings import MineSettings
     from cot_patching.runs import artifacts
-    from cot_patching.runs.directory import check_not_locked, load_pairs
+    from cot_patching.runs.directory import RunDirectory, check_not_locked, load_pairs
+    from cot_patching.runs.manifest import RunManifest
 
     with clear_errors():
         root = Path(results)
-        out_dir = Path(out) if out else root / LOCALIZATION_DIR
-        manifest = artifacts.load_manifest(root)
+        out_dir = Path(out) if out else RunDirectory(root).localization_dir
+        manifest = RunManifest.load(root)
         mined = MineSettings.recorded(manifest)
         run_pairs = load_pairs(root)
         if not run_pairs:

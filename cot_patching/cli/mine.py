@@ -86,6 +86,7 @@ def mine_command(
 
 def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False, progress: bool = True) -> None:
     """One shard worker per device, a combined status line, then the merge into --outdir."""
+    from cot_patching.runs.directory import RunDirectory
     from cot_patching.runs import artifacts
     from cot_patching.mining.merge import merge_shards, merged_summary_line
     from cot_patching.problems import load_problems
@@ -100,7 +101,7 @@ def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False
     counts = [len(shard_problems(problems, Shard(k, len(devices)))) for k in range(len(devices))]
     outdir = Path(options.outdir)
     workers = make_workers(mine_flags(options) + (["--overwrite"] if overwrite else []), devices, outdir, counts)
-    typer.echo(f"{len(workers)} workers ({', '.join(devices)}); logs in {outdir / 'shards'}/shard-K.log")
+    typer.echo(f"{len(workers)} workers ({', '.join(devices)}); logs in {RunDirectory(outdir).shards_dir}/shard-K.log")
 
     def show(line: str) -> None:
         if progress:
@@ -128,13 +129,14 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
     from cot_patching.mining import miner
     from cot_patching.models.backends import AUTO, resolve_backend
     from cot_patching.models.loading import load_model, resolve_model
+    from cot_patching.runs.manifest import recorded_backend
     from cot_patching.problems import load_problems
     problems = load_problems(options.problems)
     if options.shard is not None:
         from cot_patching.mining.sharding import parse_shard, shard_problems
 
         problems = shard_problems(problems, parse_shard(options.shard))
-    resumed_backend = None if overwrite else artifacts.recorded_backend(Path(options.outdir))
+    resumed_backend = None if overwrite else recorded_backend(Path(options.outdir))
     backend = resolve_backend(resumed_backend if options.backend == AUTO and resumed_backend else options.backend)
     settings = options.settings(miner.problems_sha256(options.problems), backend)
     resolve_model(options.model)

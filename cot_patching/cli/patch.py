@@ -46,12 +46,13 @@ def patch_command(
     from cot_patching.cli.run_model import load_run_model
     from cot_patching.experiments.study import check_out_dir, run_study, select_pairs
     from cot_patching.experiments.sweep import SweepSettings
-    from cot_patching.runs.directory import check_not_locked
+    from cot_patching.runs.directory import RunDirectory, check_not_locked
+    from cot_patching.runs.manifest import RunManifest
 
     with clear_errors():
         root = Path(results)
-        out_dir = Path(out) if out else root / "patching"
-        recorded = artifacts.load_manifest(root).get("model") or {}
+        out_dir = Path(out) if out else RunDirectory(root).patching_dir
+        recorded = RunManifest.load(root).model.to_json()
         loaded_pairs = load_pairs(root)  # a broken results dir fails before a model loads
         if not loaded_pairs:
             raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to patch (mine more, then rerun)")
@@ -95,10 +96,10 @@ def patch_command(
 def kstar_steps(results: Path, pair_ids: list[str]) -> dict[str, int | None]:
     """Each pair's k* from the run's localization summary; a pair it did not localize is refused."""
     from cot_patching.localization.outputs import SUMMARY_FILE
-    from cot_patching.localization.rollouts import LOCALIZATION_DIR
+    from cot_patching.runs.directory import RunDirectory
     from cot_patching.runs import artifacts
 
-    path = results / LOCALIZATION_DIR / SUMMARY_FILE
+    path = RunDirectory(results).localization_dir / SUMMARY_FILE
     if not path.is_file():
         raise artifacts.ArtifactError(f"--steps kstar needs {path}: run `cot-patching localize --results {results}`")
     per_pair = artifacts.read_json_file(path, dict).get("per_pair") or {}

@@ -29,6 +29,7 @@ def reproduce_command(
     from cot_patching.runs import artifacts
     from cot_patching.runs.directory import RunDirectory
     from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model, warn_version_drift
+    from cot_patching.runs.manifest import RunManifest, recorded_backend
     from cot_patching.models.loading import check_loaded_identity, load_model
     from cot_patching.decoding.replay import replay_attempts
 
@@ -56,7 +57,7 @@ def reproduce_command(
         if model_names != {found.recorded_name}:
             raise artifacts.ArtifactError(f"attempts come from models {sorted(model_names)}, the run from "
                                           f"{found.recorded_name!r}")
-        mined_backend = artifacts.recorded_backend(root)
+        mined_backend = recorded_backend(root)
         echo_model(found.spec)
         loaded = load_model(
             found.spec,
@@ -70,8 +71,7 @@ def reproduce_command(
         if loaded.info.backend != mined_backend:
             typer.echo(f"warning: the run was mined on the {mined_backend} backend, this replay "
                        f"uses {loaded.info.backend}; tokens can differ", err=True)
-        sessions = artifacts.load_manifest(root).get("sessions") or [{}]
-        mined_path = sessions[-1].get("decode_path")
+        mined_path = RunManifest.load(root).last_session.decode_path
         if mined_path and mined_path != loaded.decode_path:
             typer.echo(f"warning: the run was decoded on the {mined_path} path, this replay uses "
                        f"{loaded.decode_path}; tokens can differ", err=True)

@@ -20,14 +20,12 @@ class RunModel:
 
 def run_model(root: Path, override: str | None) -> RunModel:
     """`--model` if given, else the recorded model (or its recorded absolute path); identity checked for files."""
-    from cot_patching.runs import artifacts
     from cot_patching.models.loading import ModelLoadError, check_identity, resolve_model
+    from cot_patching.runs.manifest import RunManifest
 
-    manifest = artifacts.load_manifest(root)
-    name = (manifest.get("settings") or {}).get("model")
-    if not isinstance(name, str):
-        raise artifacts.ArtifactError(f"{root}/{artifacts.MANIFEST_FILE} names no model")
-    recorded = manifest.get("model") or {}
+    manifest = RunManifest.load(root)
+    name = manifest.model_name
+    recorded = manifest.model.to_json()
     candidates = [override] if override else [name, recorded.get("path")]
     for spec in candidates:
         if not spec:
@@ -57,14 +55,14 @@ def echo_model(spec: str) -> None:
 def check_tokenizer(root: Path, found: RunModel, tokenizer: Any) -> None:
     """Refuse a tokenizer whose hash differs from the run's under the same transformers/tokenizers versions; warn
     when the versions differ too (the hash covers their serialization, which changes between releases)."""
-    from cot_patching.runs import artifacts
     from cot_patching.models.loading import tokenizer_sha256
+    from cot_patching.runs import artifacts
+    from cot_patching.runs.manifest import RunManifest
 
     expected = found.recorded.get("tokenizer_sha256")
     if not expected or tokenizer_sha256(tokenizer) == expected:
         return
-    sessions = artifacts.load_manifest(root).get("sessions") or [{}]
-    mined = (sessions[-1].get("environment") or {}).get("versions") or {}
+    mined = RunManifest.load(root).last_session.versions
     now = artifacts.environment_facts()["versions"]
     changed = [f"{k} {mined.get(k)} -> {now.get(k)}" for k in ("transformers", "tokenizers") if mined.get(k) != now.get(k)]
     if not changed:
@@ -86,13 +84,13 @@ def run_tokenizer(root: Path, override: str | None) -> Any:
 def load_run_model(root: Path, override: str | None, device: str | None, backend: str | None) -> tuple[RunModel, Any]:
     """The run's model loaded as it was mined (device, dtype, backend unless overridden), identity and tokenizer
     checked; the path used is echoed."""
-    from cot_patching.runs import artifacts
     from cot_patching.models.loading import check_loaded_identity, load_model
+    from cot_patching.runs.manifest import recorded_backend
 
     found = run_model(root, override)
     echo_model(found.spec)
     loaded = load_model(found.spec, device=device or found.recorded.get("device"), dtype=found.recorded.get("dtype"),
-                        fallback=False, backend=backend or artifacts.recorded_backend(root))
+                        fallback=False, backend=backend or recorded_backend(root))
     check_loaded_identity(loaded.info, found.recorded)
     check_tokenizer(root, found, loaded.tokenizer)
     return found, loaded
@@ -101,11 +99,12 @@ def load_run_model(root: Path, override: str | None, device: str | None, backend
 def warn_version_drift(root: Path) -> None:
     """Warn on stderr for each numerics package installed at another version than the run was mined with."""
     from cot_patching.runs import artifacts
+    from cot_patching.runs.manifest import RunManifest
 
     try:
-        manifest = artifacts.load_manifest(root)
+        manifest = RunManifest.load(root)
     except artifacts.ArtifactError:
         return  # validate reports a missing or damaged manifest itself; the other commands refuse it
-    for line in artifacts.version_drift(manifest):
+    for line in manifest.version_drift():
         typer.echo(f"warning: {line}; tokens can differ (the versions of the committed runs: constraints.txt)",
                    err=True)

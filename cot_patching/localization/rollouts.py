@@ -35,7 +35,6 @@ from cot_patching.traces.analysis import judge_text
 from cot_patching.traces.spans import decode_tokens
 from cot_patching.localization.stats import Estimate, localize, step_points
 
-LOCALIZATION_DIR = "localization"
 SETTINGS_FILE = "settings.json"
 FORK_PLAN_FILE = "forks.plan.json"
 ROLLOUTS_PREFIX = "rollouts"

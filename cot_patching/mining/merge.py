@@ -11,7 +11,7 @@ counted). Derived files are rebuilt by the same code `mine` uses.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +20,7 @@ from cot_patching.runs.artifacts import RunLine, RunRecord
 from cot_patching.mining.miner import MiningError, problems_sha256, read_runs_or_explain
 from cot_patching.mining.settings import MineSettings
 from cot_patching.runs.directory import directory_lock
+from cot_patching.runs.manifest import RunManifest, Session
 from cot_patching.problems import load_problems
 from cot_patching.mining.sharding import parse_shard, shard_index
 
@@ -31,17 +32,16 @@ class ShardRun:
     """One shard directory as read for a merge."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: RunManifest
     index: int
     count: int
     lines: list[RunLine]
     raw: dict[tuple[str, int], bytes] = field(default_factory=dict)
 
     @property
-    def last_session(self) -> dict[str, Any]:
+    def last_session(self) -> Session:
         """The shard's latest mining session."""
-        sessions = self.manifest.get("sessions") or [{}]
-        return sessions[-1]
+        return self.manifest.last_session
 
 
 @dataclass(frozen=True)
@@ -58,21 +58,21 @@ class MergeReport:
 def read_shard(path: Path) -> ShardRun:
     """A shard directory's manifest and runs (raw line bytes kept)."""
     path = Path(path)
-    manifest = artifacts.load_manifest(path)
     where = path / artifacts.MANIFEST_FILE
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("settings"), dict):
-        raise MiningError(f"{where} is not a mining manifest (no settings object)")
-    shard = manifest["settings"].get("shard")
+    try:
+        manifest = RunManifest.load(path)
+    except artifacts.ArtifactError as err:
+        raise MiningError(f"{where} is not a mining manifest ({err})") from None
+    shard = manifest.settings.get("shard")
     if not shard:
         raise MiningError(f"{path} is not a shard (its settings have no shard; mine with --shard K/N)")
-    schedule = manifest["settings"].get("schedule")
+    schedule = manifest.settings.get("schedule")
     if not isinstance(schedule, list) or not schedule:
         raise MiningError(f"{where}: settings.schedule is missing or not a list of temperatures")
-    sessions = manifest.get("sessions")
-    if not isinstance(sessions, list) or not sessions or not all(isinstance(x, dict) for x in sessions):
+    if not manifest.sessions:
         raise MiningError(f"{where}: sessions is missing or not a list of session objects; the shard's stop rule "
                           "(min_pairs) is recorded there, so it cannot be merged")
-    min_pairs = (sessions[-1].get("options") or {}).get("min_pairs")
+    min_pairs = manifest.last_session.options.get("min_pairs")
     if isinstance(min_pairs, bool) or not isinstance(min_pairs, int) or min_pairs < 1:
         raise MiningError(f"{where}: the last session records no min_pairs (options.min_pairs), the stop rule "
                           "the merge must apply")
@@ -92,14 +92,14 @@ def read_shard(path: Path) -> ShardRun:
 
 def _facts(shard: ShardRun) -> dict[str, Any]:
     session = shard.last_session
-    settings = {k: v for k, v in (shard.manifest.get("settings") or {}).items() if k != "shard"}
-    model = shard.manifest.get("model") or {}
-    options = session.get("options") or {}
+    settings = {k: v for k, v in shard.manifest.settings.items() if k != "shard"}
+    model = shard.manifest.model.to_json()
+    options = session.options
     return {
         "settings": settings,
         "model": {key: _device_kind(model.get(key)) if key == "device" else model.get(key) for key in MODEL_IDENTITY},
-        "software versions": (session.get("environment") or {}).get("versions"),
-        "decode path": session.get("decode_path"),
+        "software versions": session.environment.get("versions"),
+        "decode path": session.decode_path,
         "min_pairs": options.get("min_pairs"),
         "shard count": shard.count,
     }
@@ -130,11 +130,11 @@ def check_compatible(shards: Sequence[ShardRun]) -> None:
 
 
 def _problems_file(shards: Sequence[ShardRun], override: str | Path | None) -> Path:
-    recorded = (shards[0].last_session.get("options") or {}).get("problems")
+    recorded = shards[0].last_session.options.get("problems")
     path = Path(override or recorded or "")
     if not path.is_file():
         raise MiningError(f"the shards' problem file {path} is not found here; pass --problems PATH")
-    wanted = (shards[0].manifest.get("settings") or {}).get("problems_sha256")
+    wanted = shards[0].manifest.settings.get("problems_sha256")
     if problems_sha256(path) != wanted:
         raise MiningError(f"{path} is not the problem file the shards were mined on (sha256 differs)")
     return path
@@ -151,7 +151,7 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
     count = shards[0].count
     present = {shard.index: shard for shard in shards}
     problems = load_problems(_problems_file(shards, problems_path))
-    settings = shards[0].manifest["settings"]
+    settings = shards[0].manifest.settings
     schedule = settings["schedule"]
     min_pairs = int(_facts(shards[0])["min_pairs"])
     recorded = MineSettings.recorded(shards[0].manifest)
@@ -197,7 +197,6 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
 
     out.mkdir(parents=True, exist_ok=True)
     with directory_lock(out):
-        existing = out / artifacts.MANIFEST_FILE
         _check_merge_target(out, shards)
         artifacts.remove_stale_temporaries(out)
         artifacts.atomic_write_bytes(out / artifacts.RUNS_FILE, b"".join(chosen))
@@ -209,17 +208,15 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
         run_lines = [RunLine(offset, record) for offset, record in zip(offsets, records)]
         tally = artifacts.RunTally(run_lines, questions, pair_unparsed, strict)
         artifacts.write_derived(out, tally.pairs, tally.summary())
-        manifest = {
-            "settings": {**settings, "shard": None},
-            "model": shards[0].manifest.get("model"),
-            "sessions": [dict(session, shard=f"{s.index}/{s.count}") for s in shards
-                         for session in s.manifest.get("sessions") or []],
-            "shards": [_shard_entry(shard) for shard in shards],
-            "merge": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv),
-                      "problems": processed, "attempts": len(records), "pairs": len(tally.pairs),
-                      "dropped_problems": dropped, "partial": partial, "missing": missing},
-        }
-        artifacts.write_json(existing, manifest)
+        RunManifest(
+            settings={**settings, "shard": None}, model=shards[0].manifest.model,
+            sessions=tuple(replace(session, shard=f"{s.index}/{s.count}") for s in shards
+                           for session in s.manifest.sessions),
+            shards=tuple(_shard_entry(shard) for shard in shards),
+            merge={"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv),
+                   "problems": processed, "attempts": len(records), "pairs": len(tally.pairs),
+                   "dropped_problems": dropped, "partial": partial, "missing": missing},
+        ).save(out)
     return MergeReport(processed, len(records), len(tally.pairs), dropped, missing)
 
 
@@ -232,10 +229,10 @@ def _check_merge_target(out: Path, shards: Sequence[ShardRun]) -> None:
             raise MiningError(f"{out} holds {', '.join(held)} but no {artifacts.MANIFEST_FILE}: not a merge of "
                               "these shards; nothing was changed, merge into a new directory")
         return
-    manifest = artifacts.load_manifest(out)
-    if not isinstance(manifest, dict) or "merge" not in manifest:
+    manifest = RunManifest.load(out)
+    if manifest.merge is None:
         raise MiningError(f"{out} holds a mining run, not a merge; merge into a new directory")
-    earlier = {(entry.get("shard"), entry.get("dir")) for entry in manifest.get("shards") or []
+    earlier = {(entry.get("shard"), entry.get("dir")) for entry in manifest.shards
                if isinstance(entry, dict)}
     now = {(f"{shard.index}/{shard.count}", str(shard.path.resolve())) for shard in shards}
     if earlier != now:
@@ -245,10 +242,10 @@ def _check_merge_target(out: Path, shards: Sequence[ShardRun]) -> None:
 
 def _shard_entry(shard: ShardRun) -> dict[str, Any]:
     session = shard.last_session
-    environment = session.get("environment") or {}
+    environment = session.environment
     ids = list(dict.fromkeys(line.record.id for line in shard.lines))
     return {"shard": f"{shard.index}/{shard.count}", "dir": str(shard.path.resolve()),
-            "host": environment.get("platform"), "gpu": environment.get("gpu"), "argv": session.get("argv"),
+            "host": environment.get("platform"), "gpu": environment.get("gpu"), "argv": list(session.argv),
             "versions": environment.get("versions"), "problems_mined": len(ids),
             "first_problem": ids[0] if ids else None, "last_problem": ids[-1] if ids else None,
             "attempts": len(shard.lines)}

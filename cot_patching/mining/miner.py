@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
 from cot_patching.runs.directory import RunDirectory, check_not_locked
+from cot_patching.runs.manifest import ModelIdentity, RunManifest, Session
 from cot_patching.models.backends import BRIDGE
 from cot_patching.problems import Problem
 from cot_patching.traces.prompt import EncodedPrompt, build_prompt, encode_prompt
@@ -19,7 +20,7 @@ from cot_patching.decoding.batched import (
     BatchLayout, BatchRow, cache_len_for, largest_batch_size, sample_batch, slot_bytes,
 )
 from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample
-from cot_patching.mining.settings import SETTINGS_BEFORE_RECORDED, MineSettings
+from cot_patching.mining.settings import MineSettings
 from cot_patching.traces.analysis import analyze_trace
 from cot_patching.models.loading import LoadedModel
 
@@ -60,8 +61,9 @@ def read_runs_or_explain(outdir: Path, resume: bool = False) -> list[RunLine]:
         ) from None
 
 
-def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool) -> None:
-    """Refuse, without writing anything, an outdir that is a file or holds a run with other settings."""
+def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool, model_revision: str | None = None) -> None:
+    """Refuse, without writing anything, an outdir that is a file or holds a run with other settings or (when
+    `model_revision` is given) mined from another revision of the model."""
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise MiningError(f"--outdir {outdir} exists and is not a directory")
@@ -78,7 +80,13 @@ def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool) -> None:
         return
     runs_path = outdir / artifacts.RUNS_FILE
     if (outdir / artifacts.MANIFEST_FILE).exists():
-        recorded = {**SETTINGS_BEFORE_RECORDED, **artifacts.load_manifest(outdir).get("settings", {})}
+        manifest = RunManifest.load(outdir)
+        recorded = manifest.settings
+        mined_revision = manifest.model.revision
+        if model_revision and mined_revision and model_revision != mined_revision:
+            raise MiningError(f"{outdir} was mined from model revision {mined_revision}, the model loaded now is "
+                              f"{model_revision}: its attempts would not replay; use a new --outdir or pass "
+                              "--overwrite")
         for key, value in settings.to_json().items():
             if key == "trace_rules_version" and recorded.get(key) != value:
                 raise MiningError(
@@ -140,7 +148,7 @@ def mine(
     if settings.batch_size > 1 and model_backend != BRIDGE:
         raise MiningError(f"--batch-size {settings.batch_size} decodes on the bridge backend; the {model_backend} "
                           "backend mines one attempt at a time (use --batch-size 1)")
-    check_outdir(outdir, settings, overwrite)
+    check_outdir(outdir, settings, overwrite, _loaded_revision(model))
     outdir.mkdir(parents=True, exist_ok=True)
     run = RunDirectory(outdir)
     with run.lock():
@@ -192,7 +200,7 @@ def _mine_one_at_a_time(
                     if _is_device_error(err):
                         raise
                     record = failed_attempt(problem, prompt, attempt, schedule[attempt], settings, err,
-                                            getattr(getattr(model, "info", None), "revision", None))
+                                            _loaded_revision(model), loaded_model_name(model, settings))
                 offset = appender.append(record)
                 attempts_this_call += 1
                 tally.write(outdir, tally.add(RunLine(offset, record)))  # derived files lag by this line
@@ -291,8 +299,8 @@ def _mine_in_groups(
             except DETERMINISTIC_ERRORS as err:
                 if _is_device_error(err):
                     raise
-                record = replace(failed_attempt(problem, prompt, attempt, schedule[attempt], settings, err, revision),
-                                 batch=layout.to_json())
+                record = replace(failed_attempt(problem, prompt, attempt, schedule[attempt], settings, err, revision,
+                                                loaded_model_name(model, settings)), batch=layout.to_json())
             offset = appender.append(record)
             attempts_this_call += 1
             tally.write(outdir, tally.add(RunLine(offset, record)))
@@ -333,6 +341,16 @@ def run_attempt(
     return attempt_record(model, problem, prompt, attempt, temperature, settings, generation)
 
 
+def _loaded_revision(model: LoadedModel) -> str | None:
+    return getattr(getattr(model, "info", None), "revision", None)
+
+
+def loaded_model_name(model: LoadedModel, settings: MineSettings) -> str:
+    """The model an attempt was decoded with: the requested one, or the one an out-of-memory fallback loaded."""
+    info = getattr(model, "info", None)
+    return str(info.name) if info is not None and info.fallback_from else settings.model
+
+
 def attempt_record(
     model: LoadedModel, problem: Problem, prompt: EncodedPrompt, attempt: int, temperature: float,
     settings: MineSettings, generation: Generation, batch: BatchLayout | None = None,
@@ -346,7 +364,7 @@ def attempt_record(
         temperature=temperature,
         top_p=settings.top_p,
         seed=attempt_seed(problem.id, attempt),
-        model=settings.model,
+        model=loaded_model_name(model, settings),
         prompt=prompt.text,
         token_ids=generation.token_ids,
         prompt_token_ids=prompt.token_ids,
@@ -374,13 +392,13 @@ def _is_device_error(err: BaseException) -> bool:
 
 def failed_attempt(
     problem: Problem, prompt: EncodedPrompt, attempt: int, temperature: float, settings: MineSettings,
-    err: BaseException, model_revision: str | None,
+    err: BaseException, model_revision: str | None, model_name: str | None = None,
 ) -> RunRecord:
     """The record of an attempt that failed deterministically: logged with its reason, never part of a pair, so
     the problem's next attempt follows and a resumed run does not die on it again."""
     return RunRecord(
         id=problem.id, attempt=attempt, temperature=temperature, top_p=settings.top_p,
-        seed=attempt_seed(problem.id, attempt), model=settings.model, prompt=prompt.text, text="",
+        seed=attempt_seed(problem.id, attempt), model=model_name or settings.model, prompt=prompt.text, text="",
         final_answer=None, correct=False, parse_ok=False, token_ids=[], step_spans=[], final_answer_span=None,
         prompt_token_ids=prompt.token_ids, max_new_tokens=settings.max_new_tokens, finish_reason="error",
         gold_answer=problem.gold_answer, normalized_answer=None, score_rule="no_answer", strict_format_ok=False,
@@ -391,12 +409,11 @@ def failed_attempt(
 
 def _record_session(outdir: Path, session: dict[str, Any], settings: MineSettings) -> None:
     """Write the manifest on the first call; later (resumed) calls append their session to it."""
-    path = outdir / artifacts.MANIFEST_FILE
-    manifest = artifacts.load_manifest(outdir) if path.exists() else {
-        "settings": settings.to_json(), "model": session.get("model"), "sessions": [],
-    }
-    manifest["sessions"].append(session)
-    artifacts.write_json(path, manifest)
+    if (outdir / artifacts.MANIFEST_FILE).exists():
+        manifest = RunManifest.load(outdir)
+    else:
+        manifest = RunManifest(settings=settings.to_json(), model=ModelIdentity.from_json(session.get("model")))
+    replace(manifest, sessions=(*manifest.sessions, Session.from_json(session))).save(outdir)
 
 
 def _check_runs_match(runs: Sequence[RunLine], problems: Sequence[Problem]) -> None:

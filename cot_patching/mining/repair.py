@@ -19,6 +19,7 @@ from typing import Any
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
 from cot_patching.runs.directory import directory_lock
+from cot_patching.runs.manifest import RunManifest
 from cot_patching.mining.settings import MineSettings
 from cot_patching.traces.prompt import question_of
 from cot_patching.traces.analysis import TRACE_RULES_VERSION, analyze_trace
@@ -63,7 +64,7 @@ def relabel(record: RunRecord, tokenizer: Any, strict: bool) -> RunRecord:
 def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None) -> RepairReport:
     """Relabel every attempt, apply the stop rule, set aside the rest, rewrite derived files and manifest."""
     root = Path(outdir)
-    manifest = artifacts.load_manifest(root)
+    manifest = RunManifest.load(root)
     settings = MineSettings.recorded(manifest)
     strict, pair_unparsed, schedule = settings.strict_format, settings.pair_unparsed, settings.schedule
     runs_path = root / artifacts.RUNS_FILE
@@ -106,7 +107,7 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
         # after a kill finds the incomplete record, keeps what it says changed (the rewritten runs.jsonl would
         # show no change) and finishes the writes, which give the same files again.
         _append_set_aside(root / artifacts.SET_ASIDE_FILE, aside)
-        repairs = manifest.setdefault("repairs", [])
+        repairs = list(manifest.repairs)
         if repairs and isinstance(repairs[-1], dict) and repairs[-1].get("complete") is False:
             entry = repairs[-1]
         else:
@@ -120,13 +121,14 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
                 "complete": False,
             }
             repairs.append(entry)
-        manifest.setdefault("settings", {})["trace_rules_version"] = TRACE_RULES_VERSION
-        artifacts.write_json(root / artifacts.MANIFEST_FILE, manifest)
+        manifest = replace(manifest, settings={**manifest.settings, "trace_rules_version": TRACE_RULES_VERSION},
+                           repairs=tuple(repairs))
+        manifest.save(root)
         artifacts.atomic_write_text(runs_path, "".join(r.to_line().decode("utf-8") for r in kept))
         runs = artifacts.read_runs(runs_path)
         artifacts.write_derived(root, pairs, artifacts.build_summary(runs, pairs))
-        entry["complete"] = True
-        artifacts.write_json(root / artifacts.MANIFEST_FILE, manifest)
+        entry["complete"] = True  # the same dict as the manifest's last repair
+        manifest.save(root)
         report = RepairReport(**entry["report"])
     return report
 

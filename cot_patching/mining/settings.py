@@ -13,13 +13,12 @@ from typing import Any
 
 from cot_patching.decoding.sampling import DecodeConfig, parse_temperature_seq, temperature_schedule
 from cot_patching.mining.sharding import parse_shard
-from cot_patching.models.backends import AUTO, BACKENDS, BRIDGE
+from cot_patching.models.backends import AUTO, BACKENDS
 from cot_patching.models.loading import parse_device
+from cot_patching.runs.manifest import RunManifest
 from cot_patching.traces.analysis import TRACE_RULES_VERSION
 from cot_patching.traces.prompt import PROMPT_TEMPLATE_SHA256
 
-# Settings added after runs were first written, with the value every earlier run had.
-SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"backend": BRIDGE, "trace_rules_version": 1, "batch_size": 1}
 
 
 @dataclass(frozen=True)
@@ -53,13 +52,10 @@ class MineSettings:
             parse_shard(self.shard)
 
     @classmethod
-    def recorded(cls, manifest: dict[str, Any]) -> MineSettings:
-        """The settings a run's manifest records, with what earlier runs had for settings added since."""
-        data = manifest.get("settings")
-        if not isinstance(data, dict):
-            raise ValueError("the run's manifest records no settings")
+    def recorded(cls, manifest: RunManifest) -> MineSettings:
+        """The settings a run's manifest records (older runs' missing ones filled in by `RunManifest`)."""
         names = {f.name for f in fields(cls)}
-        values = {**SETTINGS_BEFORE_RECORDED, **{k: v for k, v in data.items() if k in names}}
+        values = {k: v for k, v in manifest.settings.items() if k in names}
         try:
             return cls(**{**values, "temperature_seq": tuple(values.get("temperature_seq", ()))})
         except TypeError as err:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cot_patching.runs.manifest import RunManifest
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import PairRecord, RunLine, RunRecord
 from cot_patching.traces.parsing import parse_trace, select_steps
@@ -33,18 +34,19 @@ def validate_outdir(outdir: str | Path, tokenizer: Any | None = None) -> list[Vi
     root = Path(outdir)
     found: list[Violation] = []
     manifest = _read_manifest(root, found)
-    settings = manifest.get("settings", {})
-    if manifest and settings.get("trace_rules_version", 1) != TRACE_RULES_VERSION:
+    settings = manifest.settings if manifest else {}
+    if manifest and settings["trace_rules_version"] != TRACE_RULES_VERSION:
         found.append(Violation(artifacts.MANIFEST_FILE, 0,
-                               f"labelled with trace rules version {settings.get('trace_rules_version', 1)}, "
+                               f"labelled with trace rules version {settings['trace_rules_version']}, "
                                f"this validator checks version {TRACE_RULES_VERSION}: run `cot-patching repair "
                                f"{root}` (token ids never change)"))
     runs = _read_runs(root, found)
     schedule = temperature_schedule(settings["temperature_seq"], settings["max_tries"]) if settings else None
-    revision = (manifest.get("model") or {}).get("revision")
+    revision = manifest.model.revision if manifest else None
+    run_settings = {**settings, "model": manifest.attempt_model} if manifest else {}
     for number, line in enumerate(runs, start=1):
         try:
-            messages = _check_run(line.record, settings, schedule, tokenizer)
+            messages = _check_run(line.record, run_settings, schedule, tokenizer)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
             messages = [f"{line.record.id} attempt {line.record.attempt}: malformed record ({type(err).__name__}: "
                         f"{err})"]
@@ -83,12 +85,12 @@ def _check_set_aside(root: Path) -> list[Violation]:
     return out
 
 
-def _read_manifest(root: Path, found: list[Violation]) -> dict[str, Any]:
+def _read_manifest(root: Path, found: list[Violation]) -> RunManifest | None:
     try:
-        return artifacts.load_manifest(root)
+        return RunManifest.load(root)
     except artifacts.ArtifactError as err:
         found.append(Violation(artifacts.MANIFEST_FILE, 0, str(err)))
-        return {}
+        return None
 
 
 def _read_runs(root: Path, found: list[Violation]) -> list[RunLine]:
@@ -206,7 +208,7 @@ def _check_batches(runs: list[RunLine], settings: dict[str, Any]) -> list[Violat
     """Batched attempts: a valid layout, of the run's batch size, one group's attempts sharing its shape in distinct
     slots, each prompt within the group's width and the cache holding every new token."""
     out: list[Violation] = []
-    size = settings.get("batch_size", 1) if settings else None
+    size = settings["batch_size"] if settings else None
     groups: dict[tuple[str | None, int], list[tuple[int, BatchLayout]]] = {}
     for number, line in enumerate(runs, start=1):
         record = line.record

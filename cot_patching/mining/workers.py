@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cot_patching.runs import artifacts
+from cot_patching.runs.directory import RunDirectory
 from cot_patching.mining.sharding import Shard
 
-SHARDS_DIR = "shards"
 
 
 def parse_devices(text: str) -> list[str]:
@@ -91,7 +91,7 @@ def make_workers(mine_args: Sequence[str], devices: Sequence[str], outdir: Path,
     count = len(devices)
     workers = []
     for index, device in enumerate(devices):
-        shard_dir = outdir / SHARDS_DIR / f"shard-{index}"
+        shard_dir = RunDirectory(outdir).shards_dir / f"shard-{index}"
         command = [sys.executable, "-m", "cot_patching.cli", "mine", *mine_args, "--device", device,
                    "--shard", f"{index}/{count}", "--outdir", str(shard_dir), "--no-progress"]
         workers.append(Worker(Shard(index, count), device, shard_dir, command, problems_per_shard[index]))

@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cot_patching.runs.manifest import RunManifest
 from cot_patching.runs import artifacts
-from cot_patching.runs.directory import load_pairs
+from cot_patching.runs.directory import RunDirectory, load_pairs
 from cot_patching.runs.artifacts import LoadedPair, RunRecord
 from cot_patching.traces.spans import Decoder, TokenOffsets
 
-PATCHING_DIR = "patching"
-LOCALIZATION_DIR = "localization"  # `cot-patching localize` writes steps.csv and summary.json here
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ class RunView:
     """Everything the report renders, loaded from disk."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: RunManifest
     summary: dict[str, Any]
     runs: list[RunRecord]
     pairs: list[LoadedPair]
@@ -132,7 +131,7 @@ def read_localization(folder: Path) -> dict[str, dict[str, Any]]:
 def load_run_view(root: str | Path) -> RunView:
     """Read a run directory (and its activation cache and patching study, if present) for the report."""
     root = Path(root)
-    manifest = artifacts.load_manifest(root)
+    manifest = RunManifest.load(root)
     summary_path = root / artifacts.SUMMARY_FILE
     summary = artifacts.read_json_file(summary_path, dict) if summary_path.is_file() else {}
     runs = [line.record for line in artifacts.read_runs(root / artifacts.RUNS_FILE)]
@@ -144,12 +143,12 @@ def load_run_view(root: str | Path) -> RunView:
         view.activation_index = [entry for entry in artifacts.read_jsonl_file(index) if isinstance(entry, dict)]
         config = cache / artifacts.CACHE_CONFIG_FILE
         view.activation_config = artifacts.read_json_file(config, dict) if config.is_file() else {}
-    study = root / PATCHING_DIR
+    study = RunDirectory(root).patching_dir
     if (study / "results.csv").is_file():
         view.patching_rows = list(csv.DictReader(io.StringIO(artifacts.read_text_file(study / "results.csv"),
                                                              newline="")))
         agreement = study / "agreement.json"
         view.patching_agreement = artifacts.read_json_file(agreement, dict) if agreement.is_file() else {}
         view.heatmaps = sorted(study.glob("heatmap_*.png"))
-    view.localization = read_localization(root / LOCALIZATION_DIR)
+    view.localization = read_localization(RunDirectory(root).localization_dir)
     return view

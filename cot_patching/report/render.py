@@ -97,7 +97,7 @@ def run_plots(view: RunView) -> dict[str, str]:
 
 def pair_data(view: RunView, tokenizer: Decoder | None) -> list[dict[str, Any]]:
     """Per pair: both traces as chunks (tokens when a tokenizer is given), answers, rules, reproduce commands."""
-    strict = bool((view.manifest.get("settings") or {}).get("strict_format"))
+    strict = bool(view.manifest.settings.get("strict_format"))
     out = []
     for pair in view.pairs:
         diff = first_difference(pair.correct.token_ids, pair.incorrect.token_ids)
@@ -140,18 +140,17 @@ def render_report(view: RunView, tokenizer: Decoder | None = None) -> str:
 
     env = Environment(loader=PackageLoader("cot_patching.report", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
-    model = view.manifest.get("model") or {}
-    sessions = view.manifest.get("sessions") or []
-    last = sessions[-1] if sessions else {}
-    environment = last.get("environment") or {}
+    model = view.manifest.model.to_json()
+    last = view.manifest.last_session
+    environment = last.environment
     data = {"pairs": pair_data(view, tokenizer), "attempts": attempt_data(view),
             "outdir": str(view.root), "tokens": tokenizer is not None}
     agreement = view.patching_agreement.get("overall") if view.patching_agreement else None
     return env.get_template(TEMPLATE).render(
         title=view.root.name, root=str(view.root), summary=view.summary, model=model,
-        settings=view.manifest.get("settings") or {}, decode_path=last.get("decode_path"),
+        settings=view.manifest.settings, decode_path=last.decode_path,
         versions=environment.get("versions") or {}, gpu=environment.get("gpu"),
-        repairs=view.manifest.get("repairs") or [], n_sessions=len(sessions),
+        repairs=list(view.manifest.repairs), n_sessions=len(view.manifest.sessions),
         plots=run_plots(view), data_json=safe_json(_finite(data)),
         activation_index=view.activation_index, activation_config=view.activation_config,
         patching_rows=len(view.patching_rows), heatmaps=heatmap_images(view),

@@ -24,6 +24,9 @@ MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
 SET_ASIDE_FILE = "runs.set-aside.jsonl"
 ACTIVATIONS_DIR = "activations"
+PATCHING_DIR = "patching"  # `cot-patching patch`: the study's results.csv, settings, heatmaps
+LOCALIZATION_DIR = "localization"  # `cot-patching localize`: rollouts.jsonl, steps.csv, forks.csv, summary.json
+SHARDS_DIR = "shards"  # `mine --devices`: one shard run per worker, and its log
 CACHE_INDEX_FILE = "index.jsonl"
 CACHE_CONFIG_FILE = "cache_config.json"
 RUN_FILES = (RUNS_FILE, PAIRS_FILE, PAIRS_CSV, SUMMARY_FILE)  # what mine and merge write beside the manifest
@@ -159,12 +162,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(out.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+        fsync_directory(path.parent)  # the rename itself survives a power loss only once its folder is synced
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         raise OSError(err.errno, f"cannot write {path}: {err.strerror}; it is unchanged") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_directory(folder: Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -671,14 +684,6 @@ def load_manifest(outdir: Path) -> dict[str, Any]:
     return read_json_file(path, dict)
 
 
-def recorded_backend(outdir: Path) -> str | None:
-    """The backend a results directory was mined with (None: no manifest; runs before backends existed: bridge)."""
-    if not (Path(outdir) / MANIFEST_FILE).exists():
-        return None
-    manifest = load_manifest(Path(outdir))
-    return manifest.get("settings", {}).get("backend") or (manifest.get("model") or {}).get("backend") or "bridge"
-
-
 RECORDED_PACKAGES = ("torch", "transformers", "transformer-lens", "cot-patching", "gguf", "tokenizers")
 # The packages whose version decides the tokens a replay produces (cot-patching's own rules are versioned apart).
 NUMERICS_PACKAGES = ("torch", "transformers", "transformer-lens", "gguf", "tokenizers")
@@ -695,20 +700,6 @@ def installed_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             versions[package] = None
     return versions
-
-
-def version_drift(manifest: dict[str, Any]) -> list[str]:
-    """One line per numerics package whose installed version no session of the run was mined with."""
-    sessions = manifest.get("sessions") if isinstance(manifest, dict) else None
-    recorded: dict[str, set[str]] = {}
-    for session in sessions if isinstance(sessions, list) else []:
-        versions = (session.get("environment") or {}).get("versions") if isinstance(session, dict) else None
-        for package, value in (versions or {}).items():
-            if value is not None:
-                recorded.setdefault(package, set()).add(str(value))
-    installed = installed_versions()
-    return [f"{package} {installed[package]} is installed; the run was mined with {', '.join(sorted(recorded[package]))}"
-            for package in NUMERICS_PACKAGES if package in recorded and installed[package] not in recorded[package]]
 
 
 def environment_facts() -> dict[str, Any]:

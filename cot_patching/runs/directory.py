@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cot_patching.runs.artifacts import (
-    ACTIVATIONS_DIR, LOCK_FILE, MANIFEST_FILE, PAIRS_CSV, PAIRS_FILE, RUNS_FILE, SUMMARY_FILE, ArtifactError,
-    LoadedPair, PairRecord, RunLine, RunRecord, RunsAppender, drop_torn_tail, load_manifest, read_pairs, read_run_at,
+    ACTIVATIONS_DIR, LOCALIZATION_DIR, LOCK_FILE, MANIFEST_FILE, PATCHING_DIR, SHARDS_DIR, PAIRS_CSV, PAIRS_FILE, RUNS_FILE, SUMMARY_FILE, ArtifactError,
+    LoadedPair, PairRecord, RunLine, RunRecord, RunsAppender, drop_torn_tail, read_pairs, read_run_at,
     read_runs,
 )
+from cot_patching.runs.manifest import RunManifest
 
 
 class RunInUseError(ArtifactError):
@@ -90,6 +91,9 @@ class RunDirectory:
     manifest_path = property(lambda self: self.root / MANIFEST_FILE, doc="manifest.json: settings and sessions")
     activations_dir = property(lambda self: self.root / ACTIVATIONS_DIR,
                                doc="where cache-activations writes by default")
+    patching_dir = property(lambda self: self.root / PATCHING_DIR, doc="where patch writes by default")
+    localization_dir = property(lambda self: self.root / LOCALIZATION_DIR, doc="where localize writes by default")
+    shards_dir = property(lambda self: self.root / SHARDS_DIR, doc="mine --devices: one shard run per worker")
 
     def is_run(self) -> bool:
         """Whether the directory holds a run (its runs.jsonl)."""
@@ -112,9 +116,9 @@ class RunDirectory:
         drop_torn_tail(self.runs_path)
         return self.runs()
 
-    def manifest(self) -> dict[str, Any]:
-        """The run manifest."""
-        return load_manifest(self.root)
+    def manifest(self) -> RunManifest:
+        """The run manifest (typed; older runs migrated)."""
+        return RunManifest.load(self.root)
 
     def runs(self) -> list[RunLine]:
         """Every complete record of runs.jsonl with its byte offset, in file order."""

@@ -9,6 +9,7 @@ import pytest
 from cot_patching.mining.settings import MineSettings
 from cot_patching.runs import artifacts
 from cot_patching.runs.directory import load_pairs
+from cot_patching.runs.manifest import RunManifest
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 RUNS = sorted(p.parent for p in RESULTS.glob("*/" + artifacts.PAIRS_FILE))
@@ -20,7 +21,7 @@ def test_there_are_committed_runs():
 
 @pytest.mark.parametrize("run", RUNS, ids=[p.name for p in RUNS])
 def test_a_committed_run_loads_with_both_traces_steps(run):
-    settings = MineSettings.recorded(artifacts.load_manifest(run))  # typed, as every workflow reads it
+    settings = MineSettings.recorded(RunManifest.load(run))  # typed, as every workflow reads it
     strict = settings.strict_format
     assert settings.schedule[0] == 0.0 and settings.batch_size >= 1
     pairs = load_pairs(run)

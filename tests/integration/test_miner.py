@@ -239,3 +239,37 @@ def test_replaying_a_failed_attempt_fails_the_same_way(tiny):
     assert replay_attempt(tiny, record).match
     other = failed_attempt(PROBLEMS[0], prompt, 0, 0.0, settings(), ZeroDivisionError("x"), None)
     assert not replay_attempt(tiny, other).match  # negative control: a different failure is a mismatch
+
+
+def test_a_resume_on_another_model_revision_is_refused(tiny, tmp_path, monkeypatch):
+    """The revision the run was mined from is part of its identity: a resume with another file is refused."""
+    monkeypatch.setattr(tiny.info, "revision", "sha256:" + "a" * 64)
+    sampler = ScriptedSampler(tiny.tokenizer, {"p0": [CORRECT, CORRECT, WRONG], "p1": [CORRECT, WRONG]})
+    mine(PROBLEMS[:1], tiny, settings(max_tries=2), tmp_path, manifest={"model": tiny.info.to_json()},
+         progress=False, sampler=sampler)
+    manifest = json.loads((tmp_path / artifacts.MANIFEST_FILE).read_text())
+    assert manifest["version"] == 2 and manifest["model"]["revision"] == tiny.info.revision
+    mine(PROBLEMS[:2], tiny, settings(max_tries=2), tmp_path, progress=False, sampler=sampler)  # same revision
+    manifest["model"]["revision"] = "sha256:" + "0" * 64
+    (tmp_path / artifacts.MANIFEST_FILE).write_text(json.dumps(manifest))
+    before = (tmp_path / artifacts.RUNS_FILE).read_bytes()
+    with pytest.raises(MiningError, match="was mined from model revision sha256:0000"):
+        mine(PROBLEMS, tiny, settings(max_tries=2), tmp_path, progress=False, sampler=sampler)
+    assert (tmp_path / artifacts.RUNS_FILE).read_bytes() == before
+
+
+def test_attempts_carry_the_model_an_oom_fallback_loaded(tiny, tmp_path, monkeypatch):
+    """After a fallback the records name the model that decoded them, and validate accepts that name."""
+    from cot_patching.mining.validate import validate_outdir
+
+    monkeypatch.setattr(tiny.info, "fallback_from", [{"model": "tiny", "reason": "CUDA OOM: test"}])
+    sampler = ScriptedSampler(tiny.tokenizer, {"p0": [CORRECT, WRONG]})
+    mine(PROBLEMS[:1], tiny, settings(), tmp_path, manifest={"model": tiny.info.to_json()}, progress=False,
+         sampler=sampler)
+    assert {r.model for r in runs_of(tmp_path)} == {tiny.info.name} != {"tiny"}
+    assert not [v for v in validate_outdir(tmp_path, tiny.tokenizer) if "model" in v.message]
+    monkeypatch.setattr(tiny.info, "fallback_from", [])  # negative control: without a fallback the names differ
+    manifest = json.loads((tmp_path / artifacts.MANIFEST_FILE).read_text())
+    manifest["model"]["fallback_from"] = []
+    (tmp_path / artifacts.MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert [v for v in validate_outdir(tmp_path, tiny.tokenizer) if "model" in v.message]
