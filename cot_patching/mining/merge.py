@@ -21,6 +21,7 @@ from cot_patching.mining.miner import MiningError, problems_sha256, read_runs_or
 from cot_patching.mining.settings import MineSettings
 from cot_patching.runs.directory import directory_lock
 from cot_patching.runs.manifest import RunManifest, Session
+from cot_patching.runs.stop_rule import find_pair, problem_finished, run_finished
 from cot_patching.problems import load_problems
 from cot_patching.mining.sharding import parse_shard, shard_index
 
@@ -168,14 +169,14 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
     stopped = False
     for problem in problems:
         attempts = sorted(by_problem.get(problem.id, []), key=lambda r: r.attempt)
-        if stopped or pairs_found >= min_pairs:
+        if stopped or run_finished(pairs_found, min_pairs):
             stopped = True
             if attempts:
                 dropped.append(problem.id)
             continue
         index = shard_index(problem.id, count)
-        paired = artifacts.find_pair(attempts, pair_unparsed) is not None
-        complete = paired or len(attempts) >= len(schedule)
+        paired = find_pair(attempts, pair_unparsed) is not None
+        complete = problem_finished(attempts, len(schedule), pair_unparsed)
         if index not in present or not complete:
             where = f"shard {index}/{count} " + ("is not given" if index not in present else
                                                   f"({present[index].path}) has {len(attempts)} of its attempts")

@@ -13,6 +13,7 @@ from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
 from cot_patching.runs.directory import RunDirectory, check_not_locked
 from cot_patching.runs.manifest import ModelIdentity, RunManifest, Session
+from cot_patching.runs.stop_rule import run_finished
 from cot_patching.models.backends import BRIDGE
 from cot_patching.problems import Problem
 from cot_patching.traces.prompt import EncodedPrompt, build_prompt, encode_prompt
@@ -188,10 +189,10 @@ def _mine_one_at_a_time(
     schedule = settings.schedule
     attempts_this_call = 0
     for problem in problems:
-        if len(tally.pairs) >= min_pairs:
+        if run_finished(len(tally.pairs), min_pairs):
             break
         made = len(tally.by_problem.get(problem.id, []))
-        if problem.id not in tally.by_id and made < len(schedule):
+        if not _finished(problem.id, tally, schedule):
             prompt = encode_prompt(model.tokenizer, build_prompt(problem.question))
             for attempt in range(made, len(schedule)):
                 try:
@@ -238,9 +239,8 @@ def next_group(
         if problem.id in held:
             group.append((problem, held[problem.id]))
         else:
-            made = len(tally.by_problem.get(problem.id, []))
-            if problem.id not in tally.by_id and made < len(schedule):
-                group.append((problem, made))
+            if not _finished(problem.id, tally, schedule):
+                group.append((problem, len(tally.by_problem.get(problem.id, []))))
         if len(group) == size:
             break
     return group
@@ -270,7 +270,7 @@ def _mine_in_groups(
     attempts_this_call = 0
     if bar is not None:
         bar.update(sum(1 for p in problems if _finished(p.id, tally, schedule)))
-    while held_lines or len(tally.pairs) < min_pairs:
+    while held_lines or not run_finished(len(tally.pairs), min_pairs):
         group = next_group(problems, tally, schedule, size, {k: v.record.attempt for k, v in held_lines.items()})
         if not group:
             break
@@ -329,6 +329,7 @@ def _check_batch_fits(model: LoadedModel, size: int, cache_len: int, width: int)
 
 
 def _finished(problem_id: str, tally: artifacts.RunTally, schedule: Sequence[float]) -> bool:
+    """`stop_rule.problem_finished`, read from the tally (which holds each problem's pair once found)."""
     return problem_id in tally.by_id or len(tally.by_problem.get(problem_id, [])) >= len(schedule)
 
 def run_attempt(

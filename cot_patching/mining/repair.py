@@ -20,6 +20,7 @@ from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import RunLine, RunRecord
 from cot_patching.runs.directory import directory_lock
 from cot_patching.runs.manifest import RunManifest
+from cot_patching.runs.stop_rule import find_pair, problem_finished
 from cot_patching.mining.settings import MineSettings
 from cot_patching.traces.prompt import question_of
 from cot_patching.traces.analysis import TRACE_RULES_VERSION, analyze_trace
@@ -83,7 +84,7 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
             report.respanned += any(getattr(fresh, f) != getattr(record, f) for f in _SPAN_FIELDS)
             done = by_problem.setdefault(fresh.id, [])
             reason = None
-            if artifacts.find_pair(done, pair_unparsed) is not None:
+            if find_pair(done, pair_unparsed) is not None:
                 reason = f"made after the problem's pair was complete at attempt {done[-1].attempt}"
             elif fresh.attempt != len(done):
                 reason = f"attempt {fresh.attempt} follows attempts {[r.attempt for r in done]}"
@@ -94,7 +95,7 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
             done.append(fresh)
             kept.append(fresh)
         for problem_id, records in by_problem.items():
-            if artifacts.find_pair(records, pair_unparsed) is None and len(records) < len(schedule):
+            if not problem_finished(records, len(schedule), pair_unparsed):
                 report.reopened.append(problem_id)
         questions = {r.id: question_of(r.prompt) or "" for r in kept}
         kept_lines, position = [], 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cot_patching.runs.manifest import RunManifest
+from cot_patching.runs.stop_rule import first_attempt_after_pair
 from cot_patching.runs import artifacts
 from cot_patching.runs.artifacts import PairRecord, RunLine, RunRecord
 from cot_patching.traces.parsing import parse_trace, select_steps
@@ -261,11 +262,10 @@ def _check_attempt_order(runs: list[RunLine], settings: dict[str, Any]) -> list[
         if attempts != list(range(len(attempts))):
             out.append(Violation(artifacts.RUNS_FILE, line_of[id(lines[0])],
                                  f"{problem_id}: attempts {attempts} are not 0..{len(attempts) - 1} in order"))
-        for k in range(1, len(lines)):
-            if artifacts.find_pair([line.record for line in lines[:k]], pair_unparsed) is not None:
-                out.append(Violation(artifacts.RUNS_FILE, line_of[id(lines[k])],
-                                     f"{problem_id}: attempt {lines[k].record.attempt} made after a pair was found"))
-                break
+        late = first_attempt_after_pair([line.record for line in lines], pair_unparsed)
+        if late is not None:
+            out.append(Violation(artifacts.RUNS_FILE, line_of[id(lines[late])],
+                                 f"{problem_id}: attempt {lines[late].record.attempt} made after a pair was found"))
     return out
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from cot_patching.runs.stop_rule import find_pair
 from cot_patching.traces.parsing import parse_trace, select_steps
 
 RUNS_FILE = "runs.jsonl"
@@ -375,18 +376,6 @@ def steps_selected(text: str, role: str, strict_format: bool = False) -> dict[st
         return {}
     early, late = selected
     return {"early": {"from": role, "step_idx": early}, "late": {"from": role, "step_idx": late}}
-
-
-def find_pair(attempts: Sequence[RunRecord], pair_unparsed: bool = False) -> tuple[int, int] | None:
-    """Indices (correct, incorrect) of the first correct and first usable incorrect attempt, if both exist."""
-    correct = next((i for i, r in enumerate(attempts) if r.correct), None)
-    incorrect = next(
-        (i for i, r in enumerate(attempts)
-         if not r.correct and (r.parse_ok or pair_unparsed) and r.error is None), None
-    )
-    if correct is None or incorrect is None:
-        return None
-    return correct, incorrect
 
 
 def group_by_problem(runs: Iterable[RunLine]) -> dict[str, list[RunLine]]:

@@ -122,7 +122,7 @@ class RunManifest:
         sessions = data.pop("sessions", None)
         sessions = [] if sessions is None else sessions
         if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
-            raise ArtifactError(f"{where}: sessions is not a list of objects")
+            raise ArtifactError(f"{where}: sessions is not a list of session objects")
         model = data.pop("model", None)
         if model is not None and not isinstance(model, dict):
             raise ArtifactError(f"{where}: model is not an object")

@@ -193,7 +193,7 @@ def test_merge_removes_the_temporaries_a_killed_merge_left(tiny, problem_file, t
 @pytest.mark.parametrize("damage, message", [
     (lambda m: [m], "is not a JSON object"),
     (lambda m: {**m, "settings": {k: v for k, v in m["settings"].items() if k != "schedule"}}, "settings.schedule"),
-    (lambda m: {**m, "sessions": ["x"]}, "sessions is missing or not a list of session objects"),
+    (lambda m: {**m, "sessions": ["x"]}, "sessions is not a list of session objects"),
     (lambda m: {k: v for k, v in m.items() if k != "sessions"}, "sessions is missing"),
     (lambda m: {**m, "sessions": [{**m["sessions"][-1], "options": {}}]}, "records no min_pairs"),
 ])

@@ -8,7 +8,8 @@ import pytest
 
 from cot_patching.runs import artifacts
 from cot_patching.runs.directory import load_pairs
-from cot_patching.runs.artifacts import RunRecord, atomic_write_text, drop_torn_tail, find_pair, read_run_at, read_runs
+from cot_patching.runs.artifacts import RunRecord, atomic_write_text, drop_torn_tail, read_run_at, read_runs
+from cot_patching.runs.stop_rule import find_pair
 
 
 def _record(problem_id="p", attempt=0, correct=False, parse_ok=True, text="Step 1: é 日本\nFinal Answer: 1"):
