@@ -16,6 +16,7 @@ from golden_tokens import QWEN_GGUF, load_golden, mining_prompts, model_spec, pl
 
 from cot_patching.decoding.batched import BatchRow, cache_len_for, sample_batch
 from cot_patching.decoding.sampling import DecodeConfig, sample
+from cot_patching.models.backends import BRIDGE
 from cot_patching.models.loading import CacheCheckError, LoadedModel, check_kv_cache, load_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.canary]
@@ -86,6 +87,8 @@ def test_the_load_time_check_refuses_a_batched_decoder_whose_cache_is_ignored(em
     the batched path is checked against its own modules' full forward (not the bridge's)."""
     import cot_patching.decoding.plain as plain
 
+    if embedded.info.backend != BRIDGE:
+        pytest.skip("the batched decoder runs the bridge's Hugging Face model; HookedTransformer has none")
     original = plain.grouped_attention
 
     def own_token_only(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
@@ -107,6 +110,8 @@ def test_the_load_time_check_refuses_a_batched_decoder_whose_cache_is_ignored(em
 def test_grouped_twin_is_causal_without_a_mask(embedded: LoadedModel) -> None:
     """A full forward of the grouped twin with no attention mask (one unpadded sequence) equals the sdpa twin's:
     causal, as Hugging Face's sdpa is when given no mask."""
+    if embedded.info.backend != BRIDGE:
+        pytest.skip("the plain twins are built from the bridge's Hugging Face model; HookedTransformer has none")
     ids = torch.tensor([[5, 17, 3, 99, 42, 7]])
     with torch.inference_mode():
         grouped = embedded.plain_model("grouped")(ids).logits
