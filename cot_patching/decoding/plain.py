@@ -49,7 +49,8 @@ def grouped_attention(
             key = key.repeat_interleave(groups, dim=1)
             value = value.repeat_interleave(groups, dim=1)
         # as Hugging Face's sdpa: without a mask (no padding, one sequence), causal is the module's own rule
-        is_causal = queries > 1 and attention_mask is None and kwargs.get("is_causal", getattr(module, "is_causal", True))
+        is_causal = (queries > 1 and attention_mask is None
+                     and kwargs.get("is_causal", getattr(module, "is_causal", True)))
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                                                scale=scaling, is_causal=bool(is_causal))
     return out.transpose(1, 2).contiguous(), None

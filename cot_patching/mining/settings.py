@@ -20,7 +20,6 @@ from cot_patching.traces.analysis import TRACE_RULES_VERSION
 from cot_patching.traces.prompt import PROMPT_TEMPLATE_SHA256
 
 
-
 @dataclass(frozen=True)
 class MineSettings:
     """Everything that decides what a mining run writes; a resumed run must match it exactly."""

@@ -17,7 +17,6 @@ from cot_patching.runs.directory import RunDirectory
 from cot_patching.mining.sharding import Shard
 
 
-
 def parse_devices(text: str) -> list[str]:
     """`cuda:0,cuda:1`, `cpu,cpu` or `all` (every visible CUDA device) into a device list."""
     if text.strip() == "all":

@@ -448,8 +448,8 @@ def check_kv_cache(loaded: LoadedModel) -> float:
     """Refuse a model whose cached decode logits differ from its full forward's; the largest relative difference.
 
     Runs a prefix, then one token at a time through `LoadedModel.step` (and, on the bridge, the default batched
-    decoder), each against one forward over the whole sequence through the same modules. This is also the first forward, so a CUDA OOM surfaces
-    here, inside `load_model`'s fallback.
+    decoder), each against one forward over the whole sequence through the same modules. This is also the first
+    forward, so a CUDA OOM surfaces here, inside `load_model`'s fallback.
     """
     vocab = int(loaded.model.cfg.d_vocab)
     ids = torch.tensor([[(1 + 37 * i) % vocab for i in range(CACHE_CHECK_PREFIX + CACHE_CHECK_STEPS)]],

@@ -17,7 +17,6 @@ from cot_patching.runs.artifacts import LoadedPair, RunRecord
 from cot_patching.traces.spans import Decoder, TokenOffsets
 
 
-
 @dataclass(frozen=True)
 class Chunk:
     """A piece of a trace's text: one token (with its id and logged log-probability) or, without a tokenizer, a

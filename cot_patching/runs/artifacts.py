@@ -665,14 +665,6 @@ def read_jsonl_file(path: Path) -> list[Any]:
     return values
 
 
-def load_manifest(outdir: Path) -> dict[str, Any]:
-    """The run manifest of an output directory (a JSON object)."""
-    path = Path(outdir) / MANIFEST_FILE
-    if not path.exists():
-        raise ArtifactError(f"{outdir} has no {MANIFEST_FILE}")
-    return read_json_file(path, dict)
-
-
 RECORDED_PACKAGES = ("torch", "transformers", "transformer-lens", "cot-patching", "gguf", "tokenizers")
 # The packages whose version decides the tokens a replay produces (cot-patching's own rules are versioned apart).
 NUMERICS_PACKAGES = ("torch", "transformers", "transformer-lens", "gguf", "tokenizers")

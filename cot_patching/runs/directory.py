@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cot_patching.runs.artifacts import (
-    ACTIVATIONS_DIR, LOCALIZATION_DIR, LOCK_FILE, MANIFEST_FILE, PATCHING_DIR, SHARDS_DIR, PAIRS_CSV, PAIRS_FILE, RUNS_FILE, SUMMARY_FILE, ArtifactError,
-    LoadedPair, PairRecord, RunLine, RunRecord, RunsAppender, drop_torn_tail, read_pairs, read_run_at,
-    read_runs,
+    ACTIVATIONS_DIR, LOCALIZATION_DIR, LOCK_FILE, MANIFEST_FILE, PAIRS_CSV, PAIRS_FILE, PATCHING_DIR, RUNS_FILE,
+    SHARDS_DIR, SUMMARY_FILE, ArtifactError, LoadedPair, PairRecord, RunLine, RunRecord, RunsAppender, drop_torn_tail,
+    read_pairs, read_run_at, read_runs,
 )
 from cot_patching.runs.manifest import RunManifest
 

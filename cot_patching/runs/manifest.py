@@ -25,7 +25,8 @@ from cot_patching.runs.artifacts import (MANIFEST_FILE, NUMERICS_PACKAGES, Artif
 MANIFEST_VERSION = 2
 BRIDGE_BACKEND = "bridge"  # `models.backends.BRIDGE`: every run before backends were recorded decoded on it
 
-# Settings added after runs were first written, with the value every earlier run had.
+# Settings added after runs were first written, with the value every earlier run had (a missing backend is the
+# model's recorded one when there is one: `RunManifest.from_json`).
 SETTINGS_BEFORE_RECORDED: dict[str, Any] = {"backend": BRIDGE_BACKEND, "trace_rules_version": 1, "batch_size": 1}
 
 
@@ -126,7 +127,9 @@ class RunManifest:
         model = data.pop("model", None)
         if model is not None and not isinstance(model, dict):
             raise ArtifactError(f"{where}: model is not an object")
-        return cls(settings={**SETTINGS_BEFORE_RECORDED, **settings}, model=ModelIdentity.from_json(model),
+        identity = ModelIdentity.from_json(model)
+        before = {**SETTINGS_BEFORE_RECORDED, "backend": identity.backend or SETTINGS_BEFORE_RECORDED["backend"]}
+        return cls(settings={**before, **settings}, model=identity,
                    sessions=tuple(Session.from_json(s) for s in sessions),
                    shards=tuple(data.pop("shards", None) or ()), merge=data.pop("merge", None),
                    repairs=tuple(data.pop("repairs", None) or ()), version=data.pop("version", 1), extra=data)

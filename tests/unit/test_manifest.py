@@ -34,6 +34,11 @@ def test_a_version_1_manifest_reads_with_what_those_runs_had() -> None:
     assert manifest.model.revision == "sha256:ab" and manifest.model.fallback_from == ()
 
 
+def test_a_run_without_a_settings_backend_takes_the_models_recorded_one() -> None:
+    hooked = {**V1, "model": {**V1["model"], "backend": "hooked"}}
+    assert RunManifest.from_json(hooked).settings["backend"] == "hooked" == RunManifest.from_json(hooked).backend
+
+
 def test_a_recorded_setting_wins_over_the_older_runs_default() -> None:
     data = json.loads(json.dumps(V1))
     data["settings"]["batch_size"] = 64
