@@ -21,14 +21,12 @@ from typing import Any
 
 import torch
 
-
 from bench.common import time_call
-
+from cot_patching.decoding.replay import first_mismatch
+from cot_patching.decoding.sampling import DecodeConfig, attempt_seed, sample
 from cot_patching.models import backends
 from cot_patching.models.loading import EMBEDDED, LoadedModel, load_model
 from cot_patching.traces.prompt import build_prompt, encode_prompt
-from cot_patching.decoding.replay import first_mismatch
-from cot_patching.decoding.sampling import DecodeConfig, attempt_seed, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -28,11 +28,12 @@ from typing import Any
 import torch
 
 from bench.common import random_llama31_8b, random_llama31_8b_hf, synchronize
-from cot_patching.runs import artifacts
 from cot_patching.mining.miner import mine
 from cot_patching.mining.settings import MineSettings
 from cot_patching.models.loading import EMBEDDED, LoadedModel, load_hf_model, load_model, resolve_model
 from cot_patching.problems import Problem, load_problems
+from cot_patching.runs import artifacts
+from cot_patching.runs.records import read_runs
 from cot_patching.traces.prompt import build_prompt, encode_prompt
 
 PROBLEMS = Path(__file__).resolve().parent.parent / "data" / "problems.sample2.json"
@@ -48,7 +49,7 @@ def mine_rate(model: LoadedModel, problems: list[Problem], size: int, tries: int
         mine(problems, model, settings, outdir, min_pairs=10**9, progress=False)
         synchronize()
         seconds = time.perf_counter() - start
-        runs = artifacts.read_runs(Path(outdir) / artifacts.RUNS_FILE)
+        runs = read_runs(Path(outdir) / artifacts.RUNS_FILE)
     n_tokens = sum(len(line.record.token_ids) for line in runs)
     assert n_tokens == len(problems) * tries * new_tokens, (n_tokens, len(problems), tries)
     return n_tokens / seconds

@@ -25,11 +25,10 @@ from typing import Any, Callable
 
 import torch
 
-
-from bench.common import random_llama31_8b_hf, random_llama31_8b, synchronize, time_call
+from bench.common import random_llama31_8b, random_llama31_8b_hf, synchronize, time_call
+from cot_patching.decoding.sampling import DecodeConfig, sample
 from cot_patching.models.loading import LoadedModel, load_model
 from cot_patching.traces.prompt import build_prompt, encode_prompt
-from cot_patching.decoding.sampling import DecodeConfig, sample
 
 QUESTION = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "
             "her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh "
@@ -157,8 +156,9 @@ def run_mining(n_problems: int, max_tries: int, new_tokens: int) -> None:
         result = mine(problems, model, settings, outdir, min_pairs=10**6, progress=False)
         seconds = time.perf_counter() - start
         from cot_patching.runs import artifacts
+        from cot_patching.runs.records import read_runs
 
-        runs = artifacts.read_runs(Path(outdir) / artifacts.RUNS_FILE)
+        runs = read_runs(Path(outdir) / artifacts.RUNS_FILE)
     tokens = sum(len(line.record.token_ids) for line in runs)
     print(f"mining (embedded SmolLM2-135M, CPU fp32, {torch.get_num_threads()} threads): {len(runs)} attempts, "
           f"{tokens} tokens in {seconds:.1f} s = {60 * len(runs) / seconds:.2f} attempts/min, "

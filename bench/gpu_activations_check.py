@@ -11,14 +11,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from bench.common import llama31_8b_config, llama3_tokenizer
 from helpers import mine_scripted_pairs
 from transformers import LlamaForCausalLM
 
+from bench.common import llama3_tokenizer, llama31_8b_config
 from cot_patching.activations.cache import CacheSettings, cache_activations, hook_name, load_activations
-from cot_patching.runs.directory import load_pairs
-from cot_patching.models.loading import from_hf_model
 from cot_patching.experiments.patching import ResidualPatch, run_with_patches
+from cot_patching.models.loading import from_hf_model
+from cot_patching.runs.directory import load_pairs
 
 config = llama31_8b_config()
 config.num_hidden_layers = 4

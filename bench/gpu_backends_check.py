@@ -16,12 +16,10 @@ from pathlib import Path
 
 import torch
 
-
 from bench.common import llama3_tokenizer, llama31_8b_config, time_call
-
+from cot_patching.decoding.sampling import DecodeConfig, sample
 from cot_patching.models import backends
 from cot_patching.models.loading import LoadedModel, from_hf_model
-from cot_patching.decoding.sampling import DecodeConfig, sample
 
 
 def tokens_per_second(model: LoadedModel, prompt: list[int], new_tokens: int, repeats: int) -> list[float]:

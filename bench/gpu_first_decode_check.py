@@ -8,11 +8,10 @@ import types
 
 import torch
 
-
 import cot_patching.decoding.sampling as sampling
-from cot_patching.models.loading import LoadedModel, ModelInfo
 from cot_patching.decoding.replay import first_mismatch
 from cot_patching.decoding.sampling import DecodeConfig, sample
+from cot_patching.models.loading import LoadedModel, ModelInfo
 
 
 def random_qwen05b(compile_step: bool, cuda_graphs: bool = True) -> LoadedModel:

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import torch
 
-
 from bench.common import random_llama31_8b
-
 from cot_patching.decoding.sampling import DecodeConfig, sample
 
 graphed = random_llama31_8b(Path(sys.argv[1]))

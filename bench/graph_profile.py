@@ -8,9 +8,7 @@ from pathlib import Path
 
 import torch
 
-
 from bench.common import llama31_8b_config, random_llama31_8b
-
 from cot_patching.decoding.cuda_graphs import GraphedDecoder
 from cot_patching.decoding.sampling import choose_next_token
 

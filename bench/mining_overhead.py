@@ -14,11 +14,10 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-
+from cot_patching.decoding.sampling import Generation, attempt_seed
 from cot_patching.mining.miner import mine
 from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
-from cot_patching.decoding.sampling import Generation, attempt_seed
 
 TRACES = [
     "I think the answer is probably seven or so.",

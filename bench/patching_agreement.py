@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from cot_patching.experiments.attribution import spearman
 from cot_patching.experiments.tables import read_table
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-
-from cot_patching.runs.artifacts import LoadedPair, PairRecord, RunRecord
+from cot_patching.activations.cache import hook_name
 from cot_patching.experiments.attribution import recipient_gradients
 from cot_patching.experiments.sweep import SweepSettings, pair_traces, sweep_direction, trace_metric
-from cot_patching.activations.cache import hook_name
-from cot_patching.traces.prompt import build_prompt, encode_prompt
+from cot_patching.runs.pairing import LoadedPair
+from cot_patching.runs.records import PairRecord, RunRecord
 from cot_patching.traces.analysis import analyze_trace
+from cot_patching.traces.prompt import build_prompt, encode_prompt
 
 QUESTION = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "
             "her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh "

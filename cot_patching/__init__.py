@@ -11,7 +11,8 @@ from cot_patching.traces.parsing import ParsedTrace, Step, parse_trace, select_s
 from cot_patching.traces.scoring import Score, score_answer
 from cot_patching.traces.spans import TokenOffsets, decode_tokens, token_spans
 from cot_patching.problems import Problem, load_problems
-from cot_patching.runs.artifacts import LoadedPair, PairRecord, RunRecord, read_pairs, read_run_at, read_runs
+from cot_patching.runs.records import PairRecord, RunRecord, read_pairs, read_run_at, read_runs
+from cot_patching.runs.pairing import LoadedPair
 from cot_patching.runs.directory import RunDirectory, load_pairs
 from cot_patching.runs.manifest import ModelIdentity, RunManifest, Session
 from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample, temperature_schedule

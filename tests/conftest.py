@@ -13,7 +13,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; fail fast instead of retrying
 
-from cot_patching.models.loading import EMBEDDED, EMBEDDED_FILE, LoadedModel, embedded_model_dir, from_hf_model, load_model
+from cot_patching.models.loading import (
+    EMBEDDED,
+    EMBEDDED_FILE,
+    LoadedModel,
+    embedded_model_dir,
+    from_hf_model,
+    load_model,
+)
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -123,3 +130,63 @@ def tiny(smollm2_tokenizer: Any) -> LoadedModel:
 def embedded() -> LoadedModel:
     """The embedded SmolLM2-135M-Instruct (GGUF Q4_1, dequantized, fp32, CPU)."""
     return load_model(EMBEDDED, device="cpu")
+
+
+# Which tests build a TransformerLens model: those that ask for a model fixture, those in a module that builds one
+# itself, and the acceptance tests (they start real mining processes). CI's hooked line (TransformerLens 3.9) runs
+# only these: the rest never touches TransformerLens, so the bridge line covers it. `_builds_only_if_marked` keeps the
+# rule honest: an unmarked test that builds a model fails.
+MODEL_FIXTURES = {"tiny", "tiny_dir", "embedded"}
+MODEL_BUILDERS = ("tiny_model(", "tiny_hf_model(", "load_model(", "from_hf_model(")
+
+
+def _builds_models(module_path: Path, cache: dict[Path, bool] = {}) -> bool:  # noqa: B006 (a cache on purpose)
+    if module_path not in cache:
+        text = module_path.read_text("utf-8") if module_path.suffix == ".py" else ""
+        cache[module_path] = "acceptance" in module_path.parts or any(name in text for name in MODEL_BUILDERS)
+    return cache[module_path]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that builds a TransformerLens model `transformer_lens`."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or _builds_models(Path(str(item.path))):
+            item.add_marker(pytest.mark.transformer_lens)
+
+
+def _model_constructors() -> list[tuple[Any, str]]:
+    constructors = []
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        constructors.append((TransformerBridge, "boot_transformers"))
+    except ImportError:
+        pass
+    try:
+        from transformer_lens import HookedTransformer
+
+        constructors.append((HookedTransformer, "from_pretrained_no_processing"))
+    except ImportError:
+        pass
+    return constructors
+
+
+@pytest.fixture(autouse=True)
+def _builds_only_if_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Fail a test not marked `transformer_lens` that builds a TransformerLens model (the hooked line would skip it)."""
+    if request.node.get_closest_marker("transformer_lens") is not None:
+        yield
+        return
+    built: list[str] = []
+    for cls, name in _model_constructors():
+        original = getattr(cls, name)
+
+        def counted(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
+            built.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, staticmethod(counted))  # `original` is already bound to its class
+    yield
+    if built:
+        pytest.fail(f"this test built a TransformerLens model ({built[0]}) but is not marked transformer_lens: add "
+                    "its fixture to MODEL_FIXTURES or its builder to MODEL_BUILDERS in tests/conftest.py")

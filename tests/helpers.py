@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cot_patching.decoding.sampling import Generation, attempt_seed
 from cot_patching.mining.miner import mine
 from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
-from cot_patching.decoding.sampling import Generation, attempt_seed
 
 CORRECT = "Step 1: 2 + 3 = 5\nFinal Answer: 5"
 WRONG = "Step 1: 2 + 3 = 6\nFinal Answer: 6"

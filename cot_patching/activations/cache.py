@@ -13,12 +13,23 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor
 
+from cot_patching.models.backends import BRIDGE
+from cot_patching.models.loading import LoadedModel, file_sha256
 from cot_patching.runs import artifacts
 from cot_patching.runs.directory import load_pairs
-from cot_patching.runs.artifacts import LoadedPair, RunRecord
-from cot_patching.models.backends import BRIDGE
-from cot_patching.models.loading import file_sha256
-from cot_patching.models.loading import LoadedModel
+from cot_patching.runs.files import (
+    ArtifactError,
+    append_fsynced,
+    atomic_write_bytes,
+    atomic_write_text,
+    drop_torn_tail,
+    read_json_file,
+    read_jsonl_file,
+    write_json,
+)
+from cot_patching.runs.pairing import LoadedPair
+from cot_patching.runs.progress import progress_bar
+from cot_patching.runs.records import RunRecord
 
 HOOKS = ("resid_pre", "resid_mid", "resid_post")
 TRACES = ("correct", "incorrect")
@@ -107,7 +118,7 @@ def steps_to_cache(pair: LoadedPair, trace: str, steps: str, strict_format: bool
         chosen = [(label, wanted[label]) for label in steps.split(",")]
     missing = [idx for _, idx in chosen if idx not in by_idx]
     if missing:
-        raise artifacts.ArtifactError(f"{pair.id}: the {trace} trace (attempt {record.attempt}) has no step "
+        raise ArtifactError(f"{pair.id}: the {trace} trace (attempt {record.attempt}) has no step "
                                       f"{missing[0]} (its steps: {sorted(by_idx)}); pairs.jsonl does not match "
                                       "runs.jsonl: run `cot-patching validate`")
     return [SelectedStep(label, idx, by_idx[idx]["tok_start"], by_idx[idx]["tok_end"]) for label, idx in chosen]
@@ -173,7 +184,7 @@ def write_pair(pair: LoadedPair, results: Sequence[tuple[dict[str, Tensor], dict
         traces[trace] = {"attempt": pair.trace(trace).attempt, "runs_offset": pair.runs_offset(trace),
                          "steps": steps_meta}
     path = out_dir / artifacts.cache_file_name(pair.id)
-    artifacts.atomic_write_bytes(path, save(tensors))  # no metadata: its key order is not stable; the index has it
+    atomic_write_bytes(path, save(tensors))  # no metadata: its key order is not stable; the index has it
     return {
         "pair_id": pair.id, "file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size,
         "model": model_info.get("name"), "model_revision": model_info.get("revision"),
@@ -186,14 +197,14 @@ def write_pair(pair: LoadedPair, results: Sequence[tuple[dict[str, Tensor], dict
 def read_index(out_dir: Path) -> list[dict[str, Any]]:
     """Every complete line of index.jsonl (a torn last line from a kill is dropped)."""
     path = Path(out_dir) / INDEX_FILE
-    artifacts.drop_torn_tail(path)
+    drop_torn_tail(path)
     if not path.exists():
         return []
-    entries = artifacts.read_jsonl_file(path)
+    entries = read_jsonl_file(path)
     for number, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or \
                 not isinstance(entry.get("traces"), dict) or not isinstance(entry.get("pair_id"), str):
-            raise artifacts.ArtifactError(f"{path}:{number}: not an index entry (pair_id, file and traces)")
+            raise ArtifactError(f"{path}:{number}: not an index entry (pair_id, file and traces)")
     return entries
 
 
@@ -243,13 +254,13 @@ def cache_activations(
         for path in owned:
             path.unlink()
     if config_path.exists():
-        recorded = {"backend": BRIDGE, **artifacts.read_json_file(config_path, dict)}  # caches made before backends
+        recorded = {"backend": BRIDGE, **read_json_file(config_path, dict)}  # caches made before backends
         for key in ("settings", "model", "model_revision", "backend"):
             if recorded.get(key) != wanted[key]:
                 raise ValueError(f"{out_dir} holds a cache made with a different {key}: "
                                  f"{recorded.get(key)!r}; use another --out or --overwrite")
     else:
-        artifacts.write_json(config_path, wanted)
+        write_json(config_path, wanted)
 
     entries = read_index(out_dir)
     valid, repaired = [], []
@@ -257,13 +268,13 @@ def cache_activations(
         problems = index_problems(out_dir, entry, verify_hashes)
         (repaired.extend(problems) if problems else valid.append(entry))
     if repaired or len(valid) != len(entries):
-        artifacts.atomic_write_text(out_dir / INDEX_FILE, "".join(json.dumps(e) + "\n" for e in valid))
+        atomic_write_text(out_dir / INDEX_FILE, "".join(json.dumps(e) + "\n" for e in valid))
     done = {entry["pair_id"] for entry in valid}
     todo = [pair for pair in pairs if pair.id not in done]
-    bar = artifacts.progress_bar(len(pairs), "pairs", "pair", progress, initial=len(pairs) - len(todo))
+    bar = progress_bar(len(pairs), "pairs", "pair", progress, initial=len(pairs) - len(todo))
     cached = 0
     for entry in cache_pairs(model, todo, settings, out_dir, model_info, strict_format, traces_per_forward):
-        artifacts.append_fsynced(out_dir / INDEX_FILE, json.dumps(entry) + "\n")
+        append_fsynced(out_dir / INDEX_FILE, json.dumps(entry) + "\n")
         cached += 1
         if bar is not None:
             bar.update(1)
@@ -306,8 +317,8 @@ class ActivationStore:
     def __init__(self, out_dir: str | Path) -> None:
         self.root = Path(out_dir)
         if not (self.root / INDEX_FILE).is_file():
-            raise artifacts.ArtifactError(f"{self.root} has no {INDEX_FILE}: not an activation cache")
-        self.config = artifacts.read_json_file(self.root / CONFIG_FILE, dict)
+            raise ArtifactError(f"{self.root} has no {INDEX_FILE}: not an activation cache")
+        self.config = read_json_file(self.root / CONFIG_FILE, dict)
         self._entries: dict[ActivationKey, CachedActivation] = {}
         for line in read_index(self.root):
             for trace, trace_meta in line["traces"].items():

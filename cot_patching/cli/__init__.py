@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from cot_patching.cli import (
-    build_sample, cache_activations, localize, merge, mine, patch, repair, report, reproduce, validate,
+    build_sample,
+    cache_activations,
+    localize,
+    merge,
+    mine,
+    patch,
+    repair,
+    report,
+    reproduce,
+    validate,
 )
 
 app = typer.Typer(

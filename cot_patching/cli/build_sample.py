@@ -21,7 +21,11 @@ def build_sample_command(
 ) -> None:
     """Rank the dataset by sha256 of each id and keep the first `n` (after `skip`), optionally stratified."""
     from cot_patching.problems import (
-        deterministic_sample, read_gsm8k, read_svamp, stratified_sample, write_problems,
+        deterministic_sample,
+        read_gsm8k,
+        read_svamp,
+        stratified_sample,
+        write_problems,
     )
 
     with clear_errors():

@@ -28,19 +28,20 @@ def cache_activations_command(
                                         "identity must match the manifest).  [default: the recorded one]"),
 ) -> None:
     """Run the mining model on prompt + trace of both traces of each pair; save residuals at the selected steps."""
-    from cot_patching.runs import artifacts
-    from cot_patching.runs.directory import load_pairs
-    from cot_patching.runs.manifest import RunManifest
     from cot_patching.activations.cache import CacheSettings, cache_activations, parse_layers, steps_to_cache
     from cot_patching.cli.run_model import load_run_model
     from cot_patching.mining.settings import MineSettings
+    from cot_patching.runs import artifacts
+    from cot_patching.runs.directory import load_pairs
+    from cot_patching.runs.files import ArtifactError
+    from cot_patching.runs.manifest import RunManifest
 
     with clear_errors():
         root = Path(results)
         manifest = RunManifest.load(root)
         pairs = load_pairs(root)  # fail on a broken results dir before loading a model
         if not pairs:
-            raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to cache (mine more, then rerun)")
+            raise ArtifactError(f"{root} has no pairs yet: nothing to cache (mine more, then rerun)")
         artifacts.owned_cache_files(Path(out) if out else root / artifacts.ACTIVATIONS_DIR, [p.id for p in pairs])
         strict_format = MineSettings.recorded(manifest).strict_format
         recorded = manifest.model.to_json()

@@ -7,11 +7,11 @@ from typing import Iterator
 
 import typer
 
-from cot_patching.runs.artifacts import ArtifactError
-from cot_patching.models.backends import BackendError
 from cot_patching.mining.miner import MiningError
+from cot_patching.models.backends import BackendError
 from cot_patching.models.loading import ModelLoadError
 from cot_patching.problems import ProblemFileError
+from cot_patching.runs.files import ArtifactError
 
 EXPECTED_ERRORS = (ProblemFileError, ModelLoadError, BackendError, MiningError, ArtifactError, ValueError, OSError)
 

@@ -44,11 +44,15 @@ def localize_command(
     from cot_patching.experiments.study import select_pairs
     from cot_patching.localization.outputs import summarize
     from cot_patching.localization.rollouts import (
-        LocalizeSettings, localize_run, read_rollouts, rounds_for, verify_rollouts,
+        LocalizeSettings,
+        localize_run,
+        read_rollouts,
+        rounds_for,
+        verify_rollouts,
     )
     from cot_patching.mining.settings import MineSettings
-    from cot_patching.runs import artifacts
     from cot_patching.runs.directory import RunDirectory, check_not_locked, load_pairs
+    from cot_patching.runs.files import ArtifactError
     from cot_patching.runs.manifest import RunManifest
 
     with clear_errors():
@@ -58,7 +62,7 @@ def localize_command(
         mined = MineSettings.recorded(manifest)
         run_pairs = load_pairs(root)
         if not run_pairs:
-            raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to localize (mine more, then rerun)")
+            raise ArtifactError(f"{root} has no pairs yet: nothing to localize (mine more, then rerun)")
         chosen = select_pairs(run_pairs, [p.strip() for p in pairs.split(",") if p.strip()] if pairs else None)
         if max_pairs is not None:
             if max_pairs < 1:
@@ -78,7 +82,7 @@ def localize_command(
         if verify is not None:
             records = read_rollouts(out_dir)
             if not records:
-                raise artifacts.ArtifactError(f"{out_dir} holds no rollout records to verify")
+                raise ArtifactError(f"{out_dir} holds no rollout records to verify")
             compared, identical, differences = verify_rollouts(loaded, {p.id: p for p in run_pairs}, records, verify)
             typer.echo(f"replayed {compared} rollouts: {identical} identical token for token")
             for line in differences:

@@ -13,7 +13,7 @@ import yaml
 
 from cot_patching.cli.errors import clear_errors
 from cot_patching.mining.settings import OPTION_DEFAULTS, MineOptions
-from cot_patching.runs.artifacts import read_text_file
+from cot_patching.runs.files import read_text_file
 
 DEFAULTS = OPTION_DEFAULTS  # a short name for the help texts below; the defaults themselves are MineOptions' fields
 
@@ -86,13 +86,20 @@ def mine_command(
 
 def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False, progress: bool = True) -> None:
     """One shard worker per device, a combined status line, then the merge into --outdir."""
-    from cot_patching.runs.directory import RunDirectory
-    from cot_patching.runs import artifacts
     from cot_patching.mining.merge import merge_shards, merged_summary_line
-    from cot_patching.problems import load_problems
     from cot_patching.mining.sharding import Shard, shard_problems
-    from cot_patching.mining.workers import (failure_report, make_workers, mine_flags, parse_devices, run_workers,
-                                      throughput_line)
+    from cot_patching.mining.workers import (
+        failure_report,
+        make_workers,
+        mine_flags,
+        parse_devices,
+        run_workers,
+        throughput_line,
+    )
+    from cot_patching.problems import load_problems
+    from cot_patching.runs import artifacts
+    from cot_patching.runs.directory import RunDirectory
+    from cot_patching.runs.records import read_pairs
 
     if options.shard is not None:
         raise ValueError("--devices makes its own shards; do not also give --shard")
@@ -120,17 +127,17 @@ def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False
     typer.echo(throughput_line(workers, elapsed))
     report = merge_shards(outdir, [str(w.outdir) for w in workers], problems_path=options.problems, argv=sys.argv)
     typer.echo(merged_summary_line(report) + f" -> {outdir}")
-    print_next_steps(outdir, artifacts.read_pairs(outdir / artifacts.PAIRS_FILE))
+    print_next_steps(outdir, read_pairs(outdir / artifacts.PAIRS_FILE))
 
 
 def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = True) -> None:
     """Validate everything cheap first, then load the model and mine."""
-    from cot_patching.runs import artifacts
     from cot_patching.mining import miner
     from cot_patching.models.backends import AUTO, resolve_backend
     from cot_patching.models.loading import load_model, resolve_model
-    from cot_patching.runs.manifest import recorded_backend
     from cot_patching.problems import load_problems
+    from cot_patching.runs.environment import environment_facts
+    from cot_patching.runs.manifest import recorded_backend
     problems = load_problems(options.problems)
     if options.shard is not None:
         from cot_patching.mining.sharding import parse_shard, shard_problems
@@ -146,7 +153,7 @@ def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = Tru
     manifest = {
         "model": loaded.info.to_json(),
         "decode_path": loaded.decode_path,
-        "environment": artifacts.environment_facts(),
+        "environment": environment_facts(),
         "argv": sys.argv,
         "options": {f.name: getattr(options, f.name) for f in fields(options)},
     }

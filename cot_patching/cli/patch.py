@@ -40,13 +40,12 @@ def patch_command(
                                         "identity must match the manifest).  [default: the recorded one]"),
 ) -> None:
     """Patch each pair's traces into each other, cell by cell; write results.csv, attribution, agreement, heatmaps."""
-    from cot_patching.runs import artifacts
-    from cot_patching.runs.directory import load_pairs
     from cot_patching.activations.cache import parse_layers
     from cot_patching.cli.run_model import load_run_model
     from cot_patching.experiments.study import check_out_dir, run_study, select_pairs
     from cot_patching.experiments.sweep import SweepSettings
-    from cot_patching.runs.directory import RunDirectory, check_not_locked
+    from cot_patching.runs.directory import RunDirectory, check_not_locked, load_pairs
+    from cot_patching.runs.files import ArtifactError
     from cot_patching.runs.manifest import RunManifest
 
     with clear_errors():
@@ -55,7 +54,7 @@ def patch_command(
         recorded = RunManifest.load(root).model.to_json()
         loaded_pairs = load_pairs(root)  # a broken results dir fails before a model loads
         if not loaded_pairs:
-            raise artifacts.ArtifactError(f"{root} has no pairs yet: nothing to patch (mine more, then rerun)")
+            raise ArtifactError(f"{root} has no pairs yet: nothing to patch (mine more, then rerun)")
         chosen = select_pairs(loaded_pairs, _names(pairs) if pairs else None)
         if max_pairs is not None:
             if max_pairs < 1:
@@ -97,15 +96,15 @@ def kstar_steps(results: Path, pair_ids: list[str]) -> dict[str, int | None]:
     """Each pair's k* from the run's localization summary; a pair it did not localize is refused."""
     from cot_patching.localization.outputs import SUMMARY_FILE
     from cot_patching.runs.directory import RunDirectory
-    from cot_patching.runs import artifacts
+    from cot_patching.runs.files import ArtifactError, read_json_file
 
     path = RunDirectory(results).localization_dir / SUMMARY_FILE
     if not path.is_file():
-        raise artifacts.ArtifactError(f"--steps kstar needs {path}: run `cot-patching localize --results {results}`")
-    per_pair = artifacts.read_json_file(path, dict).get("per_pair") or {}
+        raise ArtifactError(f"--steps kstar needs {path}: run `cot-patching localize --results {results}`")
+    per_pair = read_json_file(path, dict).get("per_pair") or {}
     missing = [pair_id for pair_id in pair_ids if pair_id not in per_pair]
     if missing:
-        raise artifacts.ArtifactError(f"--steps kstar: {path} has no k* for {', '.join(missing[:5])}; localize "
+        raise ArtifactError(f"--steps kstar: {path} has no k* for {', '.join(missing[:5])}; localize "
                                       "them or choose --pairs")
     return {pair_id: per_pair[pair_id].get("kstar") for pair_id in pair_ids}
 

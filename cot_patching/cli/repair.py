@@ -18,14 +18,15 @@ def repair_command(
     """Recompute spans, parses and labels from the token ids (which never change), re-apply the stop rule, rewrite
     pairs/csv/summary, and record the repair in the manifest. Attempts a fresh run would not have made, and damaged
     lines, move to runs.set-aside.jsonl; nothing is deleted."""
-    from cot_patching.runs import artifacts
     from cot_patching.cli.run_model import run_tokenizer
     from cot_patching.mining.repair import repair_run
+    from cot_patching.runs import artifacts
+    from cot_patching.runs.files import ArtifactError
 
     with clear_errors():
         root = Path(outdir)
         if not (root / artifacts.MANIFEST_FILE).is_file():
-            raise artifacts.ArtifactError(f"{root} has no {artifacts.MANIFEST_FILE}: not a mining output directory")
+            raise ArtifactError(f"{root} has no {artifacts.MANIFEST_FILE}: not a mining output directory")
         tokenizer = run_tokenizer(root, model)
         report = repair_run(root, tokenizer)
     typer.echo(f"{root}: {report.runs_before} attempts read, {report.relabelled} relabelled, "

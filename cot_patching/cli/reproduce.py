@@ -26,18 +26,19 @@ def reproduce_command(
                                         "identity must match the manifest).  [default: the recorded one]"),
 ) -> None:
     """Replay attempts from their logged model, prompt ids, T, top-p, max tokens and seed."""
+    from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model, warn_version_drift
+    from cot_patching.decoding.replay import replay_attempts
+    from cot_patching.models.loading import check_loaded_identity, load_model
     from cot_patching.runs import artifacts
     from cot_patching.runs.directory import RunDirectory
-    from cot_patching.cli.run_model import check_tokenizer, echo_model, run_model, warn_version_drift
+    from cot_patching.runs.files import ArtifactError
     from cot_patching.runs.manifest import RunManifest, recorded_backend
-    from cot_patching.models.loading import check_loaded_identity, load_model
-    from cot_patching.decoding.replay import replay_attempts
 
     with clear_errors():
         root = Path(outdir)
         run = RunDirectory(root)
         if not run.is_run():
-            raise artifacts.ArtifactError(f"{root} has no {artifacts.RUNS_FILE}")
+            raise ArtifactError(f"{root} has no {artifacts.RUNS_FILE}")
         if all_runs:
             records = [line.record for line in run.runs()]
         elif all_pairs:
@@ -55,7 +56,7 @@ def reproduce_command(
         recorded_model = found.recorded
         model_names = {r.model for r in records}
         if model_names != {found.recorded_name}:
-            raise artifacts.ArtifactError(f"attempts come from models {sorted(model_names)}, the run from "
+            raise ArtifactError(f"attempts come from models {sorted(model_names)}, the run from "
                                           f"{found.recorded_name!r}")
         mined_backend = recorded_backend(root)
         echo_model(found.spec)

@@ -56,17 +56,18 @@ def check_tokenizer(root: Path, found: RunModel, tokenizer: Any) -> None:
     """Refuse a tokenizer whose hash differs from the run's under the same transformers/tokenizers versions; warn
     when the versions differ too (the hash covers their serialization, which changes between releases)."""
     from cot_patching.models.loading import tokenizer_sha256
-    from cot_patching.runs import artifacts
+    from cot_patching.runs.environment import environment_facts
+    from cot_patching.runs.files import ArtifactError
     from cot_patching.runs.manifest import RunManifest
 
     expected = found.recorded.get("tokenizer_sha256")
     if not expected or tokenizer_sha256(tokenizer) == expected:
         return
     mined = RunManifest.load(root).last_session.versions
-    now = artifacts.environment_facts()["versions"]
+    now = environment_facts()["versions"]
     changed = [f"{k} {mined.get(k)} -> {now.get(k)}" for k in ("transformers", "tokenizers") if mined.get(k) != now.get(k)]
     if not changed:
-        raise artifacts.ArtifactError(f"the tokenizer of {found.spec} is not the run's (tokenizer_sha256 differs)")
+        raise ArtifactError(f"the tokenizer of {found.spec} is not the run's (tokenizer_sha256 differs)")
     typer.echo(f"warning: tokenizer hash differs from the run's, with {', '.join(changed)}; every decode is "
                "checked against the recorded text", err=True)
 
@@ -98,12 +99,12 @@ def load_run_model(root: Path, override: str | None, device: str | None, backend
 
 def warn_version_drift(root: Path) -> None:
     """Warn on stderr for each numerics package installed at another version than the run was mined with."""
-    from cot_patching.runs import artifacts
+    from cot_patching.runs.files import ArtifactError
     from cot_patching.runs.manifest import RunManifest
 
     try:
         manifest = RunManifest.load(root)
-    except artifacts.ArtifactError:
+    except ArtifactError:
         return  # validate reports a missing or damaged manifest itself; the other commands refuse it
     for line in manifest.version_drift():
         typer.echo(f"warning: {line}; tokens can differ (the versions of the committed runs: constraints.txt)",

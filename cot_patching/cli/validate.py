@@ -20,14 +20,16 @@ def validate_command(
                                      "HF math-verify disagrees with (a second opinion, not a violation)."),
 ) -> None:
     """Print each violation as FILE:LINE: message; exit 1 if there is any."""
-    from cot_patching.runs import artifacts
     from cot_patching.cli.run_model import run_tokenizer, warn_version_drift
     from cot_patching.mining.validate import validate_outdir
+    from cot_patching.runs import artifacts
+    from cot_patching.runs.files import ArtifactError
+    from cot_patching.runs.records import read_runs
 
     with clear_errors():
         root = Path(outdir)
         if not root.is_dir():
-            raise artifacts.ArtifactError(f"{root} is not a directory")
+            raise ArtifactError(f"{root} is not a directory")
         warn_version_drift(root)
         tokenizer = None
         if tokens:
@@ -37,7 +39,7 @@ def validate_command(
         if math_verify:
             from cot_patching.mining.crosscheck import cross_check
 
-            runs = artifacts.read_runs(root / artifacts.RUNS_FILE) if not violations else []
+            runs = read_runs(root / artifacts.RUNS_FILE) if not violations else []
             disagreements = cross_check(line.record for line in runs)
     for violation in violations:
         typer.echo(str(violation))
@@ -48,5 +50,5 @@ def validate_command(
     if violations:
         typer.echo(f"{len(violations)} violation(s) in {root}", err=True)
         raise typer.Exit(code=1)
-    n_runs = len(artifacts.read_runs(root / artifacts.RUNS_FILE))
+    n_runs = len(read_runs(root / artifacts.RUNS_FILE))
     typer.echo(f"OK: {root} ({n_runs} runs) satisfies every checked invariant")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from cot_patching.runs.artifacts import ArtifactError, RunRecord
 from cot_patching.decoding.batched import BatchLayout, BatchRow, sample_batch
 from cot_patching.decoding.sampling import DecodeConfig, Generation, sample
+from cot_patching.runs.files import ArtifactError
+from cot_patching.runs.records import RunRecord
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+
 def attempt_seed(problem_id: str, attempt_index: int) -> int:
     """The SPEC seed: first 8 bytes of sha256("{problem_id}:{attempt_index}"), as a 63-bit int."""
     digest = hashlib.sha256(f"{problem_id}:{attempt_index}".encode()).digest()

@@ -6,11 +6,21 @@ from __future__ import annotations
 from cot_patching.experiments.alignment import Cell, ScoredTrace, cells_for, first_difference, scored_trace
 from cot_patching.experiments.attribution import recipient_gradients, spearman
 from cot_patching.experiments.patching import (
-    ResidualPatch, answer_target, final_answer_target, run_rows_with_patches, run_with_patches, target_logprobs,
+    ResidualPatch,
+    answer_target,
+    final_answer_target,
+    run_rows_with_patches,
+    run_with_patches,
+    target_logprobs,
 )
 from cot_patching.experiments.study import StudyReport, run_study
 from cot_patching.experiments.sweep import (
-    DEFINITIONS_VERSION, PatchRow, SweepSettings, pair_traces, sweep_direction, trace_metric,
+    DEFINITIONS_VERSION,
+    PatchRow,
+    SweepSettings,
+    pair_traces,
+    sweep_direction,
+    trace_metric,
 )
 from cot_patching.experiments.tables import layer_step_tensor, read_table
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cot_patching.runs.artifacts import RunRecord
 from cot_patching.experiments.patching import answer_target
-from cot_patching.traces.analysis import first_difference
 from cot_patching.models.loading import LoadedModel
+from cot_patching.runs.records import RunRecord
+from cot_patching.traces.analysis import first_difference
 
 ALIGNMENTS = ("step", "final_answer", "position")
 ANSWERS = ("gold", "wrong")  # the two scoring rows of every trace, in this order

@@ -14,8 +14,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from cot_patching.activations.cache import hook_name
-from cot_patching.runs.artifacts import RunRecord
 from cot_patching.models.loading import LoadedModel
+from cot_patching.runs.records import RunRecord
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cot_patching.runs.figures import save_figure
+
 ANSWER_COLUMN = "answer"  # the final_answer alignment, shown as the last column
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -159,7 +160,7 @@ def write_null_comparison(rows: Sequence[dict[str, Any]], out_dir: str | Path) -
     import csv
     import io
 
-    from cot_patching.runs import artifacts
+    from cot_patching.runs.files import atomic_write_text
 
     table = null_comparison(rows)
     if not table or not any(row["n_null"] for row in table):
@@ -170,5 +171,5 @@ def write_null_comparison(rows: Sequence[dict[str, Any]], out_dir: str | Path) -
     for row in table:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     path = Path(out_dir) / NULL_FILE
-    artifacts.atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
     return [path]

@@ -16,21 +16,41 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from cot_patching.runs import artifacts
-from cot_patching.runs.directory import load_pairs
 from cot_patching.activations.cache import hook_name
-from cot_patching.runs.artifacts import LoadedPair
 from cot_patching.experiments.alignment import ANSWERS
 from cot_patching.experiments.attribution import cell_attribution, recipient_gradients, spearman
 from cot_patching.experiments.sweep import (
-    DEFINITIONS_VERSION, SHUFFLED, DirectionResult, SweepSettings, pair_traces, sweep_direction, trace_metric,
+    DEFINITIONS_VERSION,
+    SHUFFLED,
+    DirectionResult,
+    SweepSettings,
+    pair_traces,
+    sweep_direction,
+    trace_metric,
 )
 from cot_patching.experiments.tables import (
-    ATTRIBUTION_COLUMNS, ATTRIBUTION_FILE, RESULT_COLUMNS, RESULTS_FILE, csv_line, read_table,
+    ATTRIBUTION_COLUMNS,
+    ATTRIBUTION_FILE,
+    RESULT_COLUMNS,
+    RESULTS_FILE,
+    csv_line,
+    read_table,
 )
-from cot_patching.runs.directory import directory_lock
-from cot_patching.models.loading import file_sha256
-from cot_patching.models.loading import LoadedModel
+from cot_patching.models.loading import LoadedModel, file_sha256
+from cot_patching.runs import artifacts
+from cot_patching.runs.directory import directory_lock, load_pairs
+from cot_patching.runs.environment import environment_facts
+from cot_patching.runs.files import (
+    ArtifactError,
+    append_fsynced,
+    atomic_write_text,
+    drop_torn_tail,
+    read_json_file,
+    read_jsonl_file,
+    write_json,
+)
+from cot_patching.runs.pairing import LoadedPair
+from cot_patching.runs.progress import progress_bar
 
 SETTINGS_FILE = "settings.json"
 PROGRESS_FILE = "progress.jsonl"
@@ -86,8 +106,8 @@ def read_study_settings(out_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        settings = artifacts.read_json_file(path)
-    except artifacts.ArtifactError as err:
+        settings = read_json_file(path)
+    except ArtifactError as err:
         raise StudyError(f"{err}: not a patching study's settings file; nothing was changed: use another --out") \
             from None
     if not isinstance(settings, dict) or not isinstance(settings.get("study"), dict):
@@ -137,10 +157,10 @@ def _refuse_foreign_files(out_dir: Path) -> None:
 
 def _read_progress(out_dir: Path) -> list[dict[str, Any]]:
     path = out_dir / PROGRESS_FILE
-    artifacts.drop_torn_tail(path)
+    drop_torn_tail(path)
     if not path.exists():
         return []
-    return artifacts.read_jsonl_file(path)
+    return read_jsonl_file(path)
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -171,7 +191,7 @@ def prepare_out_dir(out_dir: Path, definition: dict[str, Any], record: dict[str,
                 raise StudyError(f"{out_dir} holds a study with a different {key} ({recorded.get(key)!r}); use "
                                  "another --out or --overwrite")
     else:
-        artifacts.write_json(settings_path, {"study": definition, **record})
+        write_json(settings_path, {"study": definition, **record})
     tables = [(RESULTS_FILE, RESULT_COLUMNS)] + ([(ATTRIBUTION_FILE, ATTRIBUTION_COLUMNS)] if attribution else [])
     progress = _read_progress(out_dir)
     for name, columns in tables:
@@ -182,7 +202,7 @@ def prepare_out_dir(out_dir: Path, definition: dict[str, Any], record: dict[str,
             if progress:
                 raise StudyError(f"{path} is shorter than progress.jsonl records: the study's files were changed "
                                  "by hand; use --overwrite to start again")
-            artifacts.atomic_write_text(path, header)
+            atomic_write_text(path, header)
         _truncate(path, recorded_size)
     return {(entry["pair_id"], entry["direction"]) for entry in progress}
 
@@ -217,12 +237,12 @@ def run_study(
     started = time.monotonic()
     with directory_lock(out_dir):
         record = {"results": str(results_dir.resolve()), "argv": list(argv),
-                  "environment": artifacts.environment_facts(),
+                  "environment": environment_facts(),
                   "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         done = prepare_out_dir(out_dir, definition, record, overwrite, attribution)
         units = [(pair, direction) for pair in pairs for direction in settings.directions]
         todo = [(pair, direction) for pair, direction in units if (pair.id, direction) not in done]
-        bar = artifacts.progress_bar(len(units), "pair x direction", "unit", progress,
+        bar = progress_bar(len(units), "pair x direction", "unit", progress,
                                     initial=len(units) - len(todo))
         rows_written = 0
         traces_cache: dict[str, Any] = {}
@@ -243,13 +263,13 @@ def run_study(
                 names = [hook_name(layer, hook) for hook in settings.hooks for layer in settings.layers]
                 lines, estimates = _attribution_lines(result, recipient_gradients(model, recipient, names))
                 per_cell = list(estimates)
-                sizes[ATTRIBUTION_FILE] = artifacts.append_fsynced(out_dir / ATTRIBUTION_FILE, "".join(lines))
+                sizes[ATTRIBUTION_FILE] = append_fsynced(out_dir / ATTRIBUTION_FILE, "".join(lines))
             text = "".join(csv_line([row.pair_id, row.direction, row.hook, row.layer, row.alignment, row.step_idx,
                                      row.position, row.n_positions, row.metric_recipient, row.metric_source,
                                      row.metric_patched, row.normalized, estimate])
                            for row, estimate in zip(result.rows, per_cell))
-            sizes[RESULTS_FILE] = artifacts.append_fsynced(out_dir / RESULTS_FILE, text)
-            artifacts.append_fsynced(out_dir / PROGRESS_FILE, json.dumps({
+            sizes[RESULTS_FILE] = append_fsynced(out_dir / RESULTS_FILE, text)
+            append_fsynced(out_dir / PROGRESS_FILE, json.dumps({
                 "pair_id": pair.id, "direction": direction, "rows": len(result.rows),
                 "seconds": round(time.monotonic() - unit_start, 3), **sizes}) + "\n")
             rows_written += len(result.rows)
@@ -259,7 +279,7 @@ def run_study(
             bar.close()
         rows = read_table(out_dir / RESULTS_FILE)
         agreement = attribution_agreement(rows) if attribution else {}
-        artifacts.write_json(out_dir / AGREEMENT_FILE, agreement)
+        write_json(out_dir / AGREEMENT_FILE, agreement)
         if plots:
             from cot_patching.experiments.plots import write_heatmaps, write_null_comparison
 
@@ -268,7 +288,7 @@ def run_study(
             listed = [name for name in study_settings.get("files") or [] if isinstance(name, str)]
             files = sorted(set(listed) | {path.name for path in plots_written})
             if files != listed:
-                artifacts.write_json(out_dir / SETTINGS_FILE, {**study_settings, "files": files})
+                write_json(out_dir / SETTINGS_FILE, {**study_settings, "files": files})
     return StudyReport(len(todo), len(units) - len(todo), rows_written, time.monotonic() - started, agreement)
 
 

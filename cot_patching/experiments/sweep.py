@@ -21,12 +21,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from cot_patching.activations.cache import HOOKS, hook_name
-from cot_patching.runs.artifacts import LoadedPair
 from cot_patching.experiments.alignment import ALIGNMENTS, Cell, ScoredTrace, cells_for, scored_trace
 from cot_patching.experiments.patching import (
-    ResidualPatch, padded_batch, rows_target_logprobs, run_rows_with_patches,
+    ResidualPatch,
+    padded_batch,
+    rows_target_logprobs,
+    run_rows_with_patches,
 )
 from cot_patching.models.loading import LoadedModel
+from cot_patching.runs.pairing import LoadedPair
 
 DEFINITIONS_VERSION = 1
 DIRECTIONS = {"denoise": ("incorrect", "correct"), "noise": ("correct", "incorrect"),

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from cot_patching.runs import artifacts
+from cot_patching.runs.files import read_text_file
 
 RESULTS_FILE = "results.csv"
 ATTRIBUTION_FILE = "attribution.csv"
@@ -45,7 +45,7 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
 
 def read_table(path: str | Path) -> list[dict[str, Any]]:
     """Every row of results.csv or attribution.csv, ints and floats parsed (empty fields are None)."""
-    text = artifacts.read_text_file(Path(path))
+    text = read_text_file(Path(path))
     return [_typed(row) for row in csv.DictReader(io.StringIO(text, newline=""))]
 
 

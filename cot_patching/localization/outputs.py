@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cot_patching.localization.rollouts import (
-    Prefix, estimates_by_prefix, finite, pair_curves, read_rollouts,
+    Prefix,
+    estimates_by_prefix,
+    finite,
+    pair_curves,
+    read_rollouts,
 )
 from cot_patching.localization.stats import Alternative, Estimate, ForkIndex, forking_index, localize
-from cot_patching.runs import artifacts
-from cot_patching.runs.artifacts import LoadedPair
+from cot_patching.runs.files import atomic_write_text, write_json
+from cot_patching.runs.pairing import LoadedPair
 
 STEPS_CSV = "steps.csv"
 FORKS_CSV = "forks.csv"
@@ -111,9 +115,9 @@ def summarize(run_pairs: Sequence[LoadedPair], out_dir: Path, max_new_tokens: in
         "kstar_is_first_step": sum(1 for s in kstars if s["kstar"] == 1),
         "per_pair": pairs_summary,
     }
-    artifacts.atomic_write_text(out_dir / STEPS_CSV, _csv(STEP_COLUMNS, step_rows))
-    artifacts.atomic_write_text(out_dir / FORKS_CSV, _csv(FORK_COLUMNS, fork_rows))
-    artifacts.write_json(out_dir / SUMMARY_FILE, summary)
+    atomic_write_text(out_dir / STEPS_CSV, _csv(STEP_COLUMNS, step_rows))
+    atomic_write_text(out_dir / FORKS_CSV, _csv(FORK_COLUMNS, fork_rows))
+    write_json(out_dir / SUMMARY_FILE, summary)
     if plots and curves_by_pair:
         write_curve_plots(curves_by_pair, out_dir)
     return summary

@@ -27,13 +27,22 @@ import torch
 
 from cot_patching.decoding.batched import BatchLayout, BatchRow, cache_len_for, sample_batch
 from cot_patching.decoding.sampling import DecodeConfig, check_temperature
+from cot_patching.localization.stats import Estimate, localize, step_points
 from cot_patching.mining.sharding import parse_shard
 from cot_patching.models.loading import LoadedModel
-from cot_patching.runs import artifacts
-from cot_patching.runs.artifacts import ArtifactError, LoadedPair
+from cot_patching.runs.environment import environment_facts
+from cot_patching.runs.files import (
+    ArtifactError,
+    append_fsynced,
+    drop_torn_tail,
+    read_json_file,
+    read_jsonl_file,
+    write_json,
+)
+from cot_patching.runs.pairing import LoadedPair
+from cot_patching.runs.progress import progress_bar
 from cot_patching.traces.analysis import judge_text
 from cot_patching.traces.spans import decode_tokens
-from cot_patching.localization.stats import Estimate, localize, step_points
 
 SETTINGS_FILE = "settings.json"
 FORK_PLAN_FILE = "forks.plan.json"
@@ -212,7 +221,7 @@ def read_rollouts(out_dir: Path) -> list[dict[str, Any]]:
     """Every rollout record of every shard's file in `out_dir` (a torn last line dropped)."""
     records: list[dict[str, Any]] = []
     for path in sorted(Path(out_dir).glob(f"{ROLLOUTS_PREFIX}*.jsonl")):
-        for number, entry in enumerate(artifacts.read_jsonl_file(path), start=1):
+        for number, entry in enumerate(read_jsonl_file(path), start=1):
             if not isinstance(entry, dict) or not {"pair_id", "tag", "prefix_len", "r", "label"} <= entry.keys():
                 raise ArtifactError(f"{path}:{number}: not a rollout record")
             records.append(entry)
@@ -356,7 +365,7 @@ def run_phase(
                                     f", decoded again to finish group {first_group + offset}, differs from its record:"
                                     " this machine or software does not reproduce the localization")
         missing = [new for old, new in zip(present, records) if old is None]
-        artifacts.append_fsynced(path_file, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in missing))
+        append_fsynced(path_file, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in missing))
         report.rollouts_done += len(missing)
         report.rollouts_skipped += len(group) - len(missing)
         report.groups_done += 1
@@ -371,8 +380,8 @@ def read_rollouts_file(path: Path) -> list[dict[str, Any]]:
     """One rollout file's records after dropping a torn last line a kill left (the file is append-only)."""
     if not path.exists():
         return []
-    artifacts.drop_torn_tail(path)
-    return [entry for entry in artifacts.read_jsonl_file(path) if isinstance(entry, dict)]
+    drop_torn_tail(path)
+    return [entry for entry in read_jsonl_file(path) if isinstance(entry, dict)]
 
 
 def fork_plan(model: LoadedModel, pairs: Sequence[LoadedPair], kstars: dict[str, int | None],
@@ -469,7 +478,7 @@ def check_settings(out_dir: Path, settings: LocalizeSettings, model_identity: di
             raise LocalizeError(f"{out_dir} holds rollouts but no {SETTINGS_FILE}: not a localization of ours; "
                                 "use another --out")
         return {"settings": _settings_json(settings), **wanted, "sessions": []}, settings
-    recorded = artifacts.read_json_file(path, dict)
+    recorded = read_json_file(path, dict)
     for name in ("pairs", "model"):
         if recorded.get(name) != wanted[name]:
             raise LocalizeError(f"{out_dir} was localized with different {name}; use another --out or the same flags")
@@ -510,8 +519,8 @@ def localize_run(
         record, settings = check_settings(out_dir, settings, identity, [p.id for p in pairs])
         record["sessions"].append({"argv": list(argv), "shard": settings.shard,
                                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   "environment": artifacts.environment_facts()})
-        artifacts.write_json(out_dir / SETTINGS_FILE, record)
+                                   "environment": environment_facts()})
+        write_json(out_dir / SETTINGS_FILE, record)
         mine = select_shard(pairs, settings.shard)
         by_id = {p.id: p for p in mine}
         path_file = rollouts_file(out_dir, settings.shard)
@@ -525,7 +534,7 @@ def localize_run(
                 estimates.get((p.pair_id, p.tag, p.prefix_len)), settings.stop_width)]
             slots = [Slot(p, r) for p in open_prefixes for r in range(low, bound)]
             label = "rollouts" if len(settings.rounds) == 1 else f"rollouts {low}-{bound - 1}"
-            bar = artifacts.progress_bar(len(slots), label, "rollout", progress)
+            bar = progress_bar(len(slots), label, "rollout", progress)
             next_group = run_phase(model, by_id, settings, slots, path_file, next_group, report, bar, decode_path)
             if bar is not None:
                 bar.close()
@@ -534,13 +543,13 @@ def localize_run(
         if settings.fork_rollouts > 0:
             plan_path = fork_plan_file(out_dir, settings.shard)
             if plan_path.exists():
-                plan = artifacts.read_json_file(plan_path, list)
+                plan = read_json_file(plan_path, list)
             else:
                 kstars = kstars_from(mine, read_rollouts_file(path_file), settings.max_new_tokens)
                 plan = fork_plan(model, mine, kstars, settings.fork_threshold)
-                artifacts.write_json(plan_path, plan)
+                write_json(plan_path, plan)
             fork_slots = slots_of(fork_prefixes(plan), settings.fork_rollouts)
-            bar = artifacts.progress_bar(len(fork_slots), "fork rollouts", "rollout", progress)
+            bar = progress_bar(len(fork_slots), "fork rollouts", "rollout", progress)
             started = time.perf_counter()
             run_phase(model, by_id, settings, fork_slots, path_file, next_group, report, bar, decode_path)
             report.phases["forks"] = time.perf_counter() - started

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from cot_patching.runs.artifacts import RunRecord
+from cot_patching.runs.records import RunRecord
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from cot_patching.runs import artifacts
-from cot_patching.runs.artifacts import RunLine, RunRecord
 from cot_patching.mining.miner import MiningError, problems_sha256, read_runs_or_explain
 from cot_patching.mining.settings import MineSettings
-from cot_patching.runs.directory import directory_lock
-from cot_patching.runs.manifest import RunManifest, Session
-from cot_patching.runs.stop_rule import find_pair, problem_finished, run_finished
-from cot_patching.problems import load_problems
 from cot_patching.mining.sharding import parse_shard, shard_index
+from cot_patching.problems import load_problems
+from cot_patching.runs import artifacts
+from cot_patching.runs.directory import directory_lock
+from cot_patching.runs.files import ArtifactError, atomic_write_bytes
+from cot_patching.runs.manifest import RunManifest, Session
+from cot_patching.runs.records import RunLine, RunRecord
+from cot_patching.runs.stop_rule import find_pair, problem_finished, run_finished
+from cot_patching.runs.tally import RunTally, write_derived
 
 MODEL_IDENTITY = ("revision", "tokenizer_sha256", "dtype", "backend", "device")
 
@@ -62,7 +64,7 @@ def read_shard(path: Path) -> ShardRun:
     where = path / artifacts.MANIFEST_FILE
     try:
         manifest = RunManifest.load(path)
-    except artifacts.ArtifactError as err:
+    except ArtifactError as err:
         raise MiningError(f"{where} is not a mining manifest ({err})") from None
     shard = manifest.settings.get("shard")
     if not shard:
@@ -200,15 +202,15 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
     with directory_lock(out):
         _check_merge_target(out, shards)
         artifacts.remove_stale_temporaries(out)
-        artifacts.atomic_write_bytes(out / artifacts.RUNS_FILE, b"".join(chosen))
+        atomic_write_bytes(out / artifacts.RUNS_FILE, b"".join(chosen))
         offsets, position = [], 0
         for raw in chosen:
             offsets.append(position)
             position += len(raw)
         questions = {p.id: p.question for p in problems}
         run_lines = [RunLine(offset, record) for offset, record in zip(offsets, records)]
-        tally = artifacts.RunTally(run_lines, questions, pair_unparsed, strict)
-        artifacts.write_derived(out, tally.pairs, tally.summary())
+        tally = RunTally(run_lines, questions, pair_unparsed, strict)
+        write_derived(out, tally.pairs, tally.summary())
         RunManifest(
             settings={**settings, "shard": None}, model=shards[0].manifest.model,
             sessions=tuple(replace(session, shard=f"{s.index}/{s.count}") for s in shards

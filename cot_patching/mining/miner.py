@@ -8,22 +8,29 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-
-from cot_patching.runs import artifacts
-from cot_patching.runs.artifacts import RunLine, RunRecord
-from cot_patching.runs.directory import RunDirectory, check_not_locked
-from cot_patching.runs.manifest import ModelIdentity, RunManifest, Session
-from cot_patching.runs.stop_rule import run_finished
-from cot_patching.models.backends import BRIDGE
-from cot_patching.problems import Problem
-from cot_patching.traces.prompt import EncodedPrompt, build_prompt, encode_prompt
 from cot_patching.decoding.batched import (
-    BatchLayout, BatchRow, cache_len_for, largest_batch_size, sample_batch, slot_bytes,
+    BatchLayout,
+    BatchRow,
+    cache_len_for,
+    largest_batch_size,
+    sample_batch,
+    slot_bytes,
 )
 from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample
 from cot_patching.mining.settings import MineSettings
-from cot_patching.traces.analysis import analyze_trace
+from cot_patching.models.backends import BRIDGE
 from cot_patching.models.loading import LoadedModel
+from cot_patching.problems import Problem
+from cot_patching.runs import artifacts
+from cot_patching.runs.directory import RunDirectory, check_not_locked
+from cot_patching.runs.files import ArtifactError
+from cot_patching.runs.manifest import ModelIdentity, RunManifest, Session
+from cot_patching.runs.progress import progress_bar
+from cot_patching.runs.records import PairRecord, RunLine, RunRecord, RunsAppender, read_pairs
+from cot_patching.runs.stop_rule import run_finished
+from cot_patching.runs.tally import RunTally, write_derived
+from cot_patching.traces.analysis import analyze_trace
+from cot_patching.traces.prompt import EncodedPrompt, build_prompt, encode_prompt
 
 
 class MiningError(RuntimeError):
@@ -40,7 +47,7 @@ class MineResult:
     """What a mining call did and where the run stands."""
 
     summary: dict[str, Any]
-    pairs: list[artifacts.PairRecord]
+    pairs: list[PairRecord]
     attempts_this_call: int
     resumed_from: int  # attempts already on disk when the call began
 
@@ -54,7 +61,7 @@ def read_runs_or_explain(outdir: Path, resume: bool = False) -> list[RunLine]:
     run = RunDirectory(Path(outdir))
     try:
         return run.resume() if resume else run.runs()
-    except artifacts.ArtifactError as err:
+    except ArtifactError as err:
         raise MiningError(
             f"{err}; nothing was changed. `cot-patching repair {outdir}` sets damaged lines aside in "
             f"{artifacts.SET_ASIDE_FILE} with the attempts of the same problems after them (nothing is deleted); "
@@ -113,7 +120,7 @@ def owned_run_files(outdir: Path) -> list[Path]:
     """The files `--overwrite` removes: the run's own and those of its activation cache (only files the cache
     wrote; a cache folder holding anything else is refused)."""
     try:
-        pair_ids = [pair.id for pair in artifacts.read_pairs(outdir / artifacts.PAIRS_FILE)]
+        pair_ids = [pair.id for pair in read_pairs(outdir / artifacts.PAIRS_FILE)]
     except (ValueError, TypeError):
         pair_ids = []
     cache = artifacts.owned_cache_files(outdir / artifacts.ACTIVATIONS_DIR, pair_ids)
@@ -164,9 +171,9 @@ def mine(
         resumed_from = len(runs)
         questions = {p.id: p.question for p in problems}
 
-        tally = artifacts.RunTally(runs, questions, settings.pair_unparsed, settings.strict_format)
-        artifacts.write_derived(outdir, tally.pairs, tally.summary())
-        bar = artifacts.progress_bar(len(problems), "problems", "problem", progress)
+        tally = RunTally(runs, questions, settings.pair_unparsed, settings.strict_format)
+        write_derived(outdir, tally.pairs, tally.summary())
+        bar = progress_bar(len(problems), "problems", "problem", progress)
         with run.appender() as appender:
             if settings.batch_size == 1:
                 attempts_this_call = _mine_one_at_a_time(problems, model, settings, outdir, min_pairs, tally,
@@ -183,7 +190,7 @@ def mine(
 
 def _mine_one_at_a_time(
     problems: Sequence[Problem], model: LoadedModel, settings: MineSettings, outdir: Path, min_pairs: int,
-    tally: artifacts.RunTally, appender: artifacts.RunsAppender, bar: Any, sampler: Sampler,
+    tally: RunTally, appender: RunsAppender, bar: Any, sampler: Sampler,
 ) -> int:
     """The seed protocol: each problem's attempts in order until its pair, problems in file order; attempts made."""
     schedule = settings.schedule
@@ -211,7 +218,7 @@ def _mine_one_at_a_time(
     return attempts_this_call
 
 
-def _show_progress(bar: Any, tally: artifacts.RunTally, min_pairs: int, done: int = 1) -> None:
+def _show_progress(bar: Any, tally: RunTally, min_pairs: int, done: int = 1) -> None:
     if bar is not None:
         bar.update(done)
         bar.set_postfix(pairs=f"{len(tally.pairs)}/{min_pairs}", attempts=tally.counts.attempts)
@@ -228,7 +235,7 @@ def unfinished_group(runs: Sequence[RunLine]) -> list[RunLine]:
 
 
 def next_group(
-    problems: Sequence[Problem], tally: artifacts.RunTally, schedule: Sequence[float], size: int,
+    problems: Sequence[Problem], tally: RunTally, schedule: Sequence[float], size: int,
     held: dict[str, int] | None = None,
 ) -> list[tuple[Problem, int]]:
     """The next attempts to decode together: the first `size` problems in file order that are still due (no pair,
@@ -248,7 +255,7 @@ def next_group(
 
 def _mine_in_groups(
     problems: Sequence[Problem], model: LoadedModel, settings: MineSettings, outdir: Path, min_pairs: int,
-    tally: artifacts.RunTally, runs: Sequence[RunLine], appender: artifacts.RunsAppender, bar: Any,
+    tally: RunTally, runs: Sequence[RunLine], appender: RunsAppender, bar: Any,
 ) -> int:
     """`--batch-size N`: decode the next attempt of the first N due problems together, record them in slot order,
     repeat until `min_pairs` pairs (checked between groups) or no problem is due; attempts made.
@@ -328,7 +335,7 @@ def _check_batch_fits(model: LoadedModel, size: int, cache_len: int, width: int)
                           f"that fits is {fits}")
 
 
-def _finished(problem_id: str, tally: artifacts.RunTally, schedule: Sequence[float]) -> bool:
+def _finished(problem_id: str, tally: RunTally, schedule: Sequence[float]) -> bool:
     """`stop_rule.problem_finished`, read from the tally (which holds each problem's pair once found)."""
     return problem_id in tally.by_id or len(tally.by_problem.get(problem_id, [])) >= len(schedule)
 

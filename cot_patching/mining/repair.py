@@ -16,14 +16,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cot_patching.runs import artifacts
-from cot_patching.runs.artifacts import RunLine, RunRecord
-from cot_patching.runs.directory import directory_lock
-from cot_patching.runs.manifest import RunManifest
-from cot_patching.runs.stop_rule import find_pair, problem_finished
 from cot_patching.mining.settings import MineSettings
-from cot_patching.traces.prompt import question_of
+from cot_patching.runs import artifacts
+from cot_patching.runs.directory import directory_lock
+from cot_patching.runs.environment import environment_facts
+from cot_patching.runs.files import ArtifactError, append_fsynced, atomic_write_text, drop_torn_tail
+from cot_patching.runs.manifest import RunManifest
+from cot_patching.runs.pairing import build_pairs
+from cot_patching.runs.records import RunLine, RunRecord, read_runs, scan_runs
+from cot_patching.runs.stop_rule import find_pair, problem_finished
+from cot_patching.runs.tally import build_summary, write_derived
 from cot_patching.traces.analysis import TRACE_RULES_VERSION, analyze_trace
+from cot_patching.traces.prompt import question_of
 
 
 @dataclass
@@ -51,11 +55,11 @@ _SPAN_FIELDS = ("step_spans", "final_answer_span")
 def relabel(record: RunRecord, tokenizer: Any, strict: bool) -> RunRecord:
     """The record with every field derived from its token ids recomputed under the current rules."""
     if any(not isinstance(t, int) or not 0 <= t < len(tokenizer) for t in record.token_ids):
-        raise artifacts.ArtifactError(f"{record.id} attempt {record.attempt}: token id outside the vocabulary")
+        raise ArtifactError(f"{record.id} attempt {record.attempt}: token id outside the vocabulary")
     trace = analyze_trace(tokenizer, record.token_ids, record.gold_answer, strict,
                           cut=record.finish_reason == "length")
     if trace.text != record.text:
-        raise artifacts.ArtifactError(
+        raise ArtifactError(
             f"{record.id} attempt {record.attempt}: decode(token_ids) differs from the recorded text; "
             "is this the run's tokenizer?"
         )
@@ -70,9 +74,9 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
     strict, pair_unparsed, schedule = settings.strict_format, settings.pair_unparsed, settings.schedule
     runs_path = root / artifacts.RUNS_FILE
     with directory_lock(root):
-        artifacts.drop_torn_tail(runs_path)
+        drop_torn_tail(runs_path)
         lines, damaged = _read_lines(runs_path)
-        before_pairs = len(artifacts.build_pairs([RunLine(0, r) for r in lines], {}, pair_unparsed, strict))
+        before_pairs = len(build_pairs([RunLine(0, r) for r in lines], {}, pair_unparsed, strict))
         report = RepairReport(runs_before=len(lines) + len(damaged), runs_after=0, pairs_before=before_pairs)
         aside: list[dict[str, Any]] = [{"reason": reason, "raw": raw} for raw, reason in damaged]
         report.set_aside += [reason for _, reason in damaged]
@@ -102,7 +106,7 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
         for record in kept:
             kept_lines.append(RunLine(position, record))
             position += len(record.to_line())
-        pairs = artifacts.build_pairs(kept_lines, questions, pair_unparsed, strict)
+        pairs = build_pairs(kept_lines, questions, pair_unparsed, strict)
         report.runs_after, report.pairs_after = len(kept), len(pairs)
         # Crash safety: the set-aside lines, then the repair's record (marked incomplete), then the rewrite. A rerun
         # after a kill finds the incomplete record, keeps what it says changed (the rewritten runs.jsonl would
@@ -117,7 +121,7 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
                 "from_trace_rules_version": settings.trace_rules_version,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "argv": list(sys.argv if argv is None else argv),
-                "environment": artifacts.environment_facts()["versions"],
+                "environment": environment_facts()["versions"],
                 "report": report.to_json(),
                 "complete": False,
             }
@@ -125,9 +129,9 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
         manifest = replace(manifest, settings={**manifest.settings, "trace_rules_version": TRACE_RULES_VERSION},
                            repairs=tuple(repairs))
         manifest.save(root)
-        artifacts.atomic_write_text(runs_path, "".join(r.to_line().decode("utf-8") for r in kept))
-        runs = artifacts.read_runs(runs_path)
-        artifacts.write_derived(root, pairs, artifacts.build_summary(runs, pairs))
+        atomic_write_text(runs_path, "".join(r.to_line().decode("utf-8") for r in kept))
+        runs = read_runs(runs_path)
+        write_derived(root, pairs, build_summary(runs, pairs))
         entry["complete"] = True  # the same dict as the manifest's last repair
         manifest.save(root)
         report = RepairReport(**entry["report"])
@@ -140,7 +144,7 @@ def _read_lines(path: Path) -> tuple[list[RunRecord], list[tuple[str, str]]]:
     damaged: list[tuple[str, str]] = []
     if not path.exists():
         return records, damaged
-    for line in artifacts.scan_runs(path):
+    for line in scan_runs(path):
         if line.record is None:
             damaged.append((line.raw.decode("utf-8", errors="replace"),
                             f"{artifacts.RUNS_FILE} line {line.number}: {'; '.join(line.problems)}"))
@@ -153,9 +157,9 @@ def _append_set_aside(path: Path, entries: list[dict[str, Any]]) -> None:
     """Append entries not already in the file (a rerun after a crash adds nothing twice), fsynced."""
     if not entries:
         return
-    artifacts.drop_torn_tail(path)  # a line cut by a full disk or a kill is not kept, and nothing follows it
+    drop_torn_tail(path)  # a line cut by a full disk or a kill is not kept, and nothing follows it
     existing = set(path.read_text("utf-8").splitlines()) if path.exists() else set()
     lines = [json.dumps(e, ensure_ascii=False) for e in entries]
     new = [line for line in lines if line not in existing]
     if new:
-        artifacts.append_fsynced(path, "".join(line + "\n" for line in new))
+        append_fsynced(path, "".join(line + "\n" for line in new))

@@ -7,16 +7,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cot_patching.runs.manifest import RunManifest
-from cot_patching.runs.stop_rule import first_attempt_after_pair
-from cot_patching.runs import artifacts
-from cot_patching.runs.artifacts import PairRecord, RunLine, RunRecord
-from cot_patching.traces.parsing import parse_trace, select_steps
 from cot_patching.decoding.batched import BatchLayout
 from cot_patching.decoding.sampling import attempt_seed, temperature_schedule
-from cot_patching.traces.spans import TokenOffsets
-from cot_patching.traces.prompt import encode_prompt, question_of
+from cot_patching.runs import artifacts
+from cot_patching.runs.files import ArtifactError
+from cot_patching.runs.manifest import RunManifest
+from cot_patching.runs.pairing import build_pairs, group_by_problem, steps_selected
+from cot_patching.runs.records import PairRecord, RunLine, RunRecord, pair_problem, scan_runs
+from cot_patching.runs.stop_rule import first_attempt_after_pair
+from cot_patching.runs.tally import build_summary, pairs_csv
 from cot_patching.traces.analysis import TRACE_RULES_VERSION, analyze_trace, judge_text
+from cot_patching.traces.parsing import parse_trace, select_steps
+from cot_patching.traces.prompt import encode_prompt, question_of
+from cot_patching.traces.spans import TokenOffsets
+
 
 @dataclass(frozen=True)
 class Violation:
@@ -89,7 +93,7 @@ def _check_set_aside(root: Path) -> list[Violation]:
 def _read_manifest(root: Path, found: list[Violation]) -> RunManifest | None:
     try:
         return RunManifest.load(root)
-    except artifacts.ArtifactError as err:
+    except ArtifactError as err:
         found.append(Violation(artifacts.MANIFEST_FILE, 0, str(err)))
         return None
 
@@ -100,7 +104,7 @@ def _read_runs(root: Path, found: list[Violation]) -> list[RunLine]:
         found.append(Violation(artifacts.RUNS_FILE, 0, "missing"))
         return []
     runs: list[RunLine] = []
-    for line in artifacts.scan_runs(path):
+    for line in scan_runs(path):
         if line.record is None:
             found += [Violation(artifacts.RUNS_FILE, line.number, m) for m in line.problems]
         else:
@@ -253,7 +257,7 @@ def _check_attempt_order(runs: list[RunLine], settings: dict[str, Any]) -> list[
     revisions = {line.record.model_revision for line in runs}
     if len(revisions) > 1:
         out.append(Violation(artifacts.RUNS_FILE, 0, f"attempts record several model revisions: {sorted(map(str, revisions))}"))
-    for problem_id, lines in artifacts.group_by_problem(runs).items():
+    for problem_id, lines in group_by_problem(runs).items():
         for field_name in ("gold_answer", "prompt", "prompt_token_ids"):
             if len({json.dumps(getattr(line.record, field_name)) for line in lines}) > 1:
                 out.append(Violation(artifacts.RUNS_FILE, line_of[id(lines[0])],
@@ -283,7 +287,7 @@ def _check_pairs(root: Path, runs: list[RunLine], settings: dict[str, Any],
         except json.JSONDecodeError as err:
             found.append(Violation(artifacts.PAIRS_FILE, number, f"not valid JSON ({err.msg})"))
             continue
-        problem = artifacts.pair_problem(data)
+        problem = pair_problem(data)
         if problem:
             found.append(Violation(artifacts.PAIRS_FILE, number, problem))
             continue
@@ -295,9 +299,9 @@ def _check_pairs(root: Path, runs: list[RunLine], settings: dict[str, Any],
             continue
         pairs.append(pair)
     try:
-        expected_ids = [p.id for p in artifacts.build_pairs(runs, {}, bool(settings.get("pair_unparsed")),
+        expected_ids = [p.id for p in build_pairs(runs, {}, bool(settings.get("pair_unparsed")),
                                                            bool(settings.get("strict_format")))]
-    except artifacts.ArtifactError as err:
+    except ArtifactError as err:
         found.append(Violation(artifacts.RUNS_FILE, 0, str(err)))
         return pairs
     if sorted(p.id for p in pairs) != sorted(expected_ids):
@@ -335,7 +339,7 @@ def _check_pair(pair: PairRecord, number: int, by_offset: dict[int, RunRecord], 
                 found.append(Violation(artifacts.PAIRS_FILE, number,
                                        f"{pair.id}: steps_selected {got}, the rule gives {expected}"))
         if role == "incorrect" and pair.incorrect_steps_selected is not None:
-            want = artifacts.steps_selected(record.text, "incorrect", bool(settings.get("strict_format")))
+            want = steps_selected(record.text, "incorrect", bool(settings.get("strict_format")))
             if want != pair.incorrect_steps_selected:
                 found.append(Violation(artifacts.PAIRS_FILE, number, f"{pair.id}: incorrect_steps_selected "
                                        f"{pair.incorrect_steps_selected}, the rule gives {want}"))
@@ -347,7 +351,7 @@ def _check_derived(root: Path, runs: list[RunLine], pairs: list[PairRecord]) -> 
     if not csv_path.is_file():
         out.append(Violation(artifacts.PAIRS_CSV, 0, "missing"))
     else:
-        expected = artifacts.pairs_csv(pairs).splitlines()
+        expected = pairs_csv(pairs).splitlines()
         actual = csv_path.read_text("utf-8").splitlines()
         for number in range(max(len(expected), len(actual))):
             want = expected[number] if number < len(expected) else None
@@ -366,7 +370,7 @@ def _check_derived(root: Path, runs: list[RunLine], pairs: list[PairRecord]) -> 
     if not isinstance(summary, dict):
         out.append(Violation(artifacts.SUMMARY_FILE, 0, "not a JSON object"))
         return out
-    for key, value in artifacts.build_summary(runs, pairs).items():
+    for key, value in build_summary(runs, pairs).items():
         if summary.get(key) != value:
             out.append(Violation(artifacts.SUMMARY_FILE, 0, f"{key} is {summary.get(key)!r}, runs give {value!r}"))
     return out

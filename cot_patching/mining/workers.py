@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from cot_patching.mining.sharding import Shard
 from cot_patching.runs import artifacts
 from cot_patching.runs.directory import RunDirectory
-from cot_patching.mining.sharding import Shard
 
 
 def parse_devices(text: str) -> list[str]:

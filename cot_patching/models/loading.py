@@ -16,7 +16,13 @@ from torch import Tensor
 
 from cot_patching.decoding.hf_cache import cache_keyword, output_cache
 from cot_patching.models.backends import (
-    BRIDGE, HOOKED, BackendError, bridge_from_hf, hooked_from_hf, quant_method, resolve_backend,
+    BRIDGE,
+    HOOKED,
+    BackendError,
+    bridge_from_hf,
+    hooked_from_hf,
+    quant_method,
+    resolve_backend,
 )
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -504,7 +510,7 @@ def _bitsandbytes_quantized(hf_model: Any) -> bool:
 
 
 def _versions_line() -> str:
-    from cot_patching.runs.artifacts import installed_versions
+    from cot_patching.runs.environment import installed_versions
 
     versions = installed_versions()
     return ", ".join(f"{package} {versions[package] or '(not installed)'}"

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cot_patching.runs.manifest import RunManifest
 from cot_patching.runs import artifacts
 from cot_patching.runs.directory import RunDirectory, load_pairs
-from cot_patching.runs.artifacts import LoadedPair, RunRecord
+from cot_patching.runs.files import read_json_file, read_jsonl_file, read_text_file
+from cot_patching.runs.manifest import RunManifest
+from cot_patching.runs.pairing import LoadedPair
+from cot_patching.runs.records import RunRecord, read_runs
 from cot_patching.traces.spans import Decoder, TokenOffsets
 
 
@@ -116,9 +118,9 @@ def read_localization(folder: Path) -> dict[str, dict[str, Any]]:
     steps, summary = folder / "steps.csv", folder / "summary.json"
     if not (steps.is_file() and summary.is_file()):
         return {}
-    per_pair = artifacts.read_json_file(summary, dict).get("per_pair") or {}
+    per_pair = read_json_file(summary, dict).get("per_pair") or {}
     out = {pair_id: {**entry, "curves": {"correct": [], "incorrect": []}} for pair_id, entry in per_pair.items()}
-    for row in csv.DictReader(io.StringIO(artifacts.read_text_file(steps), newline="")):
+    for row in csv.DictReader(io.StringIO(read_text_file(steps), newline="")):
         entry = out.get(row["pair_id"])
         if entry is None or row["trace"] not in entry["curves"]:
             continue
@@ -132,22 +134,22 @@ def load_run_view(root: str | Path) -> RunView:
     root = Path(root)
     manifest = RunManifest.load(root)
     summary_path = root / artifacts.SUMMARY_FILE
-    summary = artifacts.read_json_file(summary_path, dict) if summary_path.is_file() else {}
-    runs = [line.record for line in artifacts.read_runs(root / artifacts.RUNS_FILE)]
+    summary = read_json_file(summary_path, dict) if summary_path.is_file() else {}
+    runs = [line.record for line in read_runs(root / artifacts.RUNS_FILE)]
     pairs = load_pairs(root) if (root / artifacts.PAIRS_FILE).is_file() else []
     view = RunView(root, manifest, summary, runs, pairs)
     cache = root / artifacts.ACTIVATIONS_DIR
     index = cache / artifacts.CACHE_INDEX_FILE
     if index.is_file():
-        view.activation_index = [entry for entry in artifacts.read_jsonl_file(index) if isinstance(entry, dict)]
+        view.activation_index = [entry for entry in read_jsonl_file(index) if isinstance(entry, dict)]
         config = cache / artifacts.CACHE_CONFIG_FILE
-        view.activation_config = artifacts.read_json_file(config, dict) if config.is_file() else {}
+        view.activation_config = read_json_file(config, dict) if config.is_file() else {}
     study = RunDirectory(root).patching_dir
     if (study / "results.csv").is_file():
-        view.patching_rows = list(csv.DictReader(io.StringIO(artifacts.read_text_file(study / "results.csv"),
+        view.patching_rows = list(csv.DictReader(io.StringIO(read_text_file(study / "results.csv"),
                                                              newline="")))
         agreement = study / "agreement.json"
-        view.patching_agreement = artifacts.read_json_file(agreement, dict) if agreement.is_file() else {}
+        view.patching_agreement = read_json_file(agreement, dict) if agreement.is_file() else {}
         view.heatmaps = sorted(study.glob("heatmap_*.png"))
     view.localization = read_localization(RunDirectory(root).localization_dir)
     return view

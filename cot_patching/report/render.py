@@ -16,10 +16,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cot_patching.runs import artifacts
 from cot_patching.report.data import RunView, char_chunks, reproduce_command, selected_steps, token_chunks
-from cot_patching.traces.spans import Decoder
+from cot_patching.runs.files import atomic_write_text, default_file_mode
 from cot_patching.traces.analysis import first_difference
+from cot_patching.traces.spans import Decoder
 
 TEMPLATE = "report.html.j2"
 
@@ -174,6 +174,6 @@ def write_report(view: RunView, out: str | Path, tokenizer: Decoder | None = Non
     """Render and write the report atomically; the path written."""
     out = Path(out)
     html = render_report(view, tokenizer)
-    artifacts.atomic_write_text(out, html)
-    os.chmod(out, artifacts.default_file_mode())
+    atomic_write_text(out, html)
+    os.chmod(out, default_file_mode())
     return out

@@ -17,11 +17,21 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cot_patching.runs.artifacts import (
-    ACTIVATIONS_DIR, LOCALIZATION_DIR, LOCK_FILE, MANIFEST_FILE, PAIRS_CSV, PAIRS_FILE, PATCHING_DIR, RUNS_FILE,
-    SHARDS_DIR, SUMMARY_FILE, ArtifactError, LoadedPair, PairRecord, RunLine, RunRecord, RunsAppender, drop_torn_tail,
-    read_pairs, read_run_at, read_runs,
+    ACTIVATIONS_DIR,
+    LOCALIZATION_DIR,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    PAIRS_CSV,
+    PAIRS_FILE,
+    PATCHING_DIR,
+    RUNS_FILE,
+    SHARDS_DIR,
+    SUMMARY_FILE,
 )
+from cot_patching.runs.files import ArtifactError, drop_torn_tail
 from cot_patching.runs.manifest import RunManifest
+from cot_patching.runs.pairing import LoadedPair
+from cot_patching.runs.records import PairRecord, RunLine, RunRecord, RunsAppender, read_pairs, read_run_at, read_runs
 
 
 class RunInUseError(ArtifactError):

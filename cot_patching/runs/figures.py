@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from cot_patching.runs import artifacts
+from cot_patching.runs.files import atomic_write_bytes
 
 SVG_HASH_SALT = "cot-patching"
 
@@ -22,6 +22,6 @@ def save_figure(fig: Any, stem: Path) -> list[Path]:
         # a fixed salt: SVG element ids are otherwise random, and the same figure would differ run to run
         with matplotlib.rc_context({"svg.hashsalt": SVG_HASH_SALT}):
             fig.savefig(buffer, dpi=150, format=suffix[1:], metadata={"Date": None} if suffix == ".svg" else None)
-        artifacts.atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
     return paths

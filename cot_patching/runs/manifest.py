@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cot_patching.runs.artifacts import (MANIFEST_FILE, NUMERICS_PACKAGES, ArtifactError, installed_versions,
-                                         read_json_file, write_json)
+from cot_patching.runs.artifacts import MANIFEST_FILE
+from cot_patching.runs.environment import NUMERICS_PACKAGES, installed_versions
+from cot_patching.runs.files import ArtifactError, read_json_file, write_json
 
 MANIFEST_VERSION = 2
 BRIDGE_BACKEND = "bridge"  # `models.backends.BRIDGE`: every run before backends were recorded decoded on it

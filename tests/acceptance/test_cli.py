@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cot_patching.runs import artifacts
-from cot_patching.models.backends import resolve_backend
 from cot_patching.cli import app
+from cot_patching.models.backends import resolve_backend
+from cot_patching.runs.files import ArtifactError
+from cot_patching.runs.records import read_runs
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -45,11 +46,11 @@ def test_mine_then_reproduce_on_a_local_model_directory(tiny_dir, tmp_path):
     replay = runner.invoke(app, ["reproduce", "--outdir", str(outdir), "--id", "c1", "--attempt", "2"])
     assert replay.exit_code == 0, replay.output
     assert "MATCH (12/12 tokens)" in replay.output
-    n_runs = len(artifacts.read_runs(outdir / "runs.jsonl"))
+    n_runs = len(read_runs(outdir / "runs.jsonl"))
     replay = runner.invoke(app, ["reproduce", "--outdir", str(outdir), "--all-runs"])
     assert replay.exit_code == 0 and f"{n_runs}/{n_runs} attempts reproduced exactly" in replay.output, replay.output
     # --all-pairs replays both refs of each pair line
-    runs = artifacts.read_runs(outdir / "runs.jsonl")
+    runs = read_runs(outdir / "runs.jsonl")
     pair = {"id": "c0", "problem": "", "gold_answer": "2", "n_attempts": 2,
             "correct_ref": {"attempt": 0, "runs_offset": runs[0].offset},
             "incorrect_ref": {"attempt": 1, "runs_offset": runs[1].offset},
@@ -89,12 +90,25 @@ def test_bad_input_one_line_no_traceback_nothing_written(tmp_path, args, message
     problems = _problems(tmp_path)
     outdir = tmp_path / "out"
     full = ["--problems", str(problems), "--model", "embedded", "--outdir", str(outdir), *args]
-    result = subprocess.run([sys.executable, "-m", "cot_patching.cli", "mine", *full], capture_output=True,
-                            text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
-    assert message in result.stderr and "Traceback" not in result.stderr
+    result = runner.invoke(app, ["mine", *full])  # in process: the same code path as the console script, no start-up
+    _assert_one_error_line(result.exit_code, result.output, message)
     assert not outdir.exists()
+
+
+def _assert_one_error_line(exit_code: int, output: str, message: str) -> None:
+    assert exit_code == 2, output
+    assert [line for line in output.strip().splitlines() if line] == [f"error: {output.strip()[7:]}"], output
+    assert message in output and "Traceback" not in output
+
+
+def test_the_console_entry_point_prints_the_same_one_line(tmp_path):
+    """One real process, so the in-process runner above cannot hide what a shell user sees."""
+    outdir = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "cot_patching.cli", "mine", "--problems", str(_problems(tmp_path)),
+                             "--model", "embedded", "--outdir", str(outdir), "--top-p", "1.5"], capture_output=True,
+                            text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    _assert_one_error_line(result.returncode, result.stderr, "top_p must be a number in (0, 1]")
+    assert result.stdout == "" and not outdir.exists()
 
 
 @pytest.mark.parametrize("content, message", [
@@ -108,18 +122,16 @@ def test_bad_problem_files_one_line_nothing_written(tmp_path, content, message):
     problems = tmp_path / "bad.json"
     problems.write_text(content)
     outdir = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "cot_patching.cli", "mine", "--problems", str(problems),
-                             "--model", "embedded", "--outdir", str(outdir)], capture_output=True, text=True)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert message in result.stderr and "Traceback" not in result.stderr
+    result = runner.invoke(app, ["mine", "--problems", str(problems), "--model", "embedded", "--outdir", str(outdir)])
+    _assert_one_error_line(result.exit_code, result.output, message)
     assert not outdir.exists()
 
 
 def test_cache_activations_command(tiny_dir, tmp_path):
+    from helpers import mine_scripted_pairs
+
     from cot_patching.activations.cache import load_activations
     from cot_patching.models.loading import load_model
-
-    from helpers import mine_scripted_pairs
 
     results = tmp_path / "results"
     mine_scripted_pairs(load_model(str(tiny_dir), device="cpu"), results, n=2)
@@ -180,9 +192,9 @@ def test_mine_pairs_script_takes_the_seed_flags():
 @pytest.fixture(scope="module")
 def scripted_run(tiny_dir, tmp_path_factory):
     """A run of two scripted pairs of the tiny model saved on disk (so commands can load it again)."""
-    from cot_patching.models.loading import load_model
-
     from helpers import mine_scripted_pairs
+
+    from cot_patching.models.loading import load_model
 
     results = tmp_path_factory.mktemp("run") / "results"
     mine_scripted_pairs(load_model(str(tiny_dir), device="cpu"), results, n=2)
@@ -250,13 +262,13 @@ def test_a_damaged_index_or_config_names_its_file_and_line(scripted_run, tmp_pat
     entry = json.loads(entries[1])
     del entry["file"]
     index.write_text(entries[0] + "\n" + json.dumps(entry) + "\n")
-    with pytest.raises(artifacts.ArtifactError, match=r"index.jsonl:2: not an index entry"):
+    with pytest.raises(ArtifactError, match=r"index.jsonl:2: not an index entry"):
         load_activations(run / "activations")
     index.write_text(entries[0] + "\n{broken\n")
-    with pytest.raises(artifacts.ArtifactError, match=r"index.jsonl:2: not valid JSON"):
+    with pytest.raises(ArtifactError, match=r"index.jsonl:2: not valid JSON"):
         load_activations(run / "activations")
     (run / "activations" / "cache_config.json").write_bytes(b"\xff\xfe not utf-8")
-    with pytest.raises(artifacts.ArtifactError, match=r"cache_config.json is not UTF-8"):
+    with pytest.raises(ArtifactError, match=r"cache_config.json is not UTF-8"):
         load_activations(run / "activations")
 
 

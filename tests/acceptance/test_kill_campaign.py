@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cot_patching.runs import artifacts
+from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
+
 from cot_patching.mining.miner import mine
 from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
-
-from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
+from cot_patching.runs import artifacts
 
 TESTS = Path(__file__).resolve().parent
 PROBLEMS = [Problem(f"k{i}", f"What is 2 + 3? ({i})", "5") for i in range(6)]

@@ -4,14 +4,19 @@ import json
 
 import pytest
 import torch
+from helpers import mine_scripted_pairs
 
-from cot_patching.runs import artifacts
 from cot_patching.activations.cache import (
-    INDEX_FILE, CacheSettings, cache_activations, hook_name, load_activations, parse_layers, read_index,
+    INDEX_FILE,
+    CacheSettings,
+    cache_activations,
+    hook_name,
+    load_activations,
+    parse_layers,
+    read_index,
 )
 from cot_patching.runs.directory import load_pairs
-
-from helpers import mine_scripted_pairs
+from cot_patching.runs.files import ArtifactError
 
 ALL_HOOKS = ("resid_pre", "resid_mid", "resid_post")
 
@@ -120,7 +125,7 @@ def test_parse_layers():
 
 
 def test_results_dir_without_pairs_is_an_error(tmp_path):
-    with pytest.raises(artifacts.ArtifactError, match="not a mining output directory"):
+    with pytest.raises(ArtifactError, match="not a mining output directory"):
         load_pairs(tmp_path)
 
 
@@ -148,7 +153,7 @@ def test_overwrite_deletes_only_what_the_cache_wrote(tiny, results, tmp_path):
     foreign = cache / "model-00001-of-00004.safetensors"
     foreign.write_bytes(b"weights")
     before = {p.name: p.read_bytes() for p in cache.iterdir()}
-    with pytest.raises(artifacts.ArtifactError, match="model-00001-of-00004.safetensors, which cache-activations "
+    with pytest.raises(ArtifactError, match="model-00001-of-00004.safetensors, which cache-activations "
                                                       "did not write: nothing was deleted"):
         cache_activations(tiny, results, cache, _settings(), tiny.info.to_json(), overwrite=True, progress=False)
     assert {p.name: p.read_bytes() for p in cache.iterdir()} == before
@@ -160,7 +165,7 @@ def test_a_folder_that_is_not_a_cache_is_refused_with_or_without_overwrite(tiny,
     (weights / "config.json").write_text("{}")
     (weights / "model.safetensors").write_bytes(b"weights")
     for overwrite in (False, True):
-        with pytest.raises(artifacts.ArtifactError, match="is not an activation cache"):
+        with pytest.raises(ArtifactError, match="is not an activation cache"):
             cache_activations(tiny, results, weights, _settings(), tiny.info.to_json(), overwrite=overwrite,
                               progress=False)
     assert sorted(p.name for p in weights.iterdir()) == ["config.json", "model.safetensors"]
@@ -175,7 +180,7 @@ def test_mine_overwrite_refuses_a_run_whose_activations_folder_holds_foreign_fil
     (run / "activations").mkdir()
     (run / "activations" / "keep-me.safetensors").write_bytes(b"not ours")
     before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    with pytest.raises(artifacts.ArtifactError, match="keep-me.safetensors"):
+    with pytest.raises(ArtifactError, match="keep-me.safetensors"):
         mine([], tiny, MineSettings(model=tiny.info.name, problems_sha256="y"), run, overwrite=True, progress=False)
     assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 

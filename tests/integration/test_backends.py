@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import tiny_hf_model
-from cot_patching.models import backends
+from helpers import mine_scripted_pairs
+
 from cot_patching.activations.cache import CacheSettings, cache_activations
+from cot_patching.decoding.sampling import DecodeConfig, sample
+from cot_patching.models import backends
 from cot_patching.models.backends import BRIDGE, HOOKED, BackendError, available_backends, resolve_backend
 from cot_patching.models.loading import EMBEDDED, ModelLoadError, from_hf_model, load_model
 from cot_patching.traces.prompt import build_prompt, encode_prompt
-from cot_patching.decoding.sampling import DecodeConfig, sample
-from helpers import mine_scripted_pairs
 
 TL_MAJOR = int((backends.transformer_lens_version() or "0").split(".")[0])
 needs_hooked = pytest.mark.skipif(HOOKED not in available_backends(),

@@ -9,21 +9,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CORRECT, UNPARSED, WRONG
 
-from cot_patching.runs import artifacts
-
-from cot_patching.mining import miner
-from cot_patching.models.backends import BRIDGE, resolve_backend
 from cot_patching.decoding.batched import (
-    BatchedDecoder, BatchLayout, BatchRow, RowSampling, cache_len_for, choose_next_tokens, sample_batch,
+    BatchedDecoder,
+    BatchLayout,
+    BatchRow,
+    RowSampling,
+    cache_len_for,
+    choose_next_tokens,
+    sample_batch,
 )
+from cot_patching.decoding.replay import replay_attempt
 from cot_patching.decoding.sampling import DecodeConfig, Generation, attempt_seed, sample
+from cot_patching.mining import miner
 from cot_patching.mining.miner import MiningError, mine
 from cot_patching.mining.settings import MineSettings
-from cot_patching.problems import Problem
-from cot_patching.decoding.replay import replay_attempt
 from cot_patching.mining.validate import validate_outdir
-from helpers import CORRECT, UNPARSED, WRONG
+from cot_patching.models.backends import BRIDGE, resolve_backend
+from cot_patching.problems import Problem
+from cot_patching.runs import artifacts
+from cot_patching.runs.environment import environment_facts
+from cot_patching.runs.records import RunRecord, read_runs
 
 pytestmark = pytest.mark.skipif(resolve_backend(None) != BRIDGE,
                                 reason="batched decoding runs the bridge's Hugging Face model (TransformerLens 4)")
@@ -119,7 +126,7 @@ def settings(**overrides):
 def test_batched_mining_records_layouts_validates_and_replays_exactly(tiny, tmp_path):
     result = mine(PROBLEMS, tiny, settings(batch_size=3, max_tries=3), tmp_path, min_pairs=5, progress=False,
                   manifest={"model": tiny.info.to_json()})
-    runs = [line.record for line in artifacts.read_runs(tmp_path / artifacts.RUNS_FILE)]
+    runs = [line.record for line in read_runs(tmp_path / artifacts.RUNS_FILE)]
     assert result.attempts_this_call == len(runs) == 15  # a random model finds no pair: every try is used
     layouts = [BatchLayout.from_json(r.batch) for r in runs]
     assert [(r.id, r.attempt) for r in runs[:3]] == [("b0", 0), ("b1", 0), ("b2", 0)]  # the first group
@@ -159,7 +166,7 @@ def test_the_stop_rule_holds_per_problem_and_groups_take_the_first_due_problems(
     groups = scripted_batches(monkeypatch, tiny.tokenizer, scripts)
     result = mine(PROBLEMS, tiny, settings(batch_size=2, max_new_tokens=256), tmp_path, min_pairs=10,
                   progress=False)
-    runs = [line.record for line in artifacts.read_runs(tmp_path / artifacts.RUNS_FILE)]
+    runs = [line.record for line in read_runs(tmp_path / artifacts.RUNS_FILE)]
     by_problem = {p.id: [r.attempt for r in runs if r.id == p.id] for p in PROBLEMS}
     assert by_problem == {"b0": [0, 1], "b1": [0, 1, 2, 3], "b2": list(range(8)), "b3": [0, 1], "b4": [0, 1, 2]}
     seeds = {attempt_seed(p, k): (p, k) for p in scripts for k in range(8)}
@@ -185,7 +192,7 @@ def test_a_group_cut_short_by_a_kill_is_finished_identically(tiny, tmp_path):
         (cut / name).write_bytes((whole / name).read_bytes())
     # A kill after the 2nd of the 2nd group's 3 lines, in the middle of writing the 3rd (a torn tail).
     (cut / artifacts.RUNS_FILE).write_bytes(b"".join(lines[:5]) + lines[5][:40])
-    assert len(miner.unfinished_group(artifacts.read_runs(cut / artifacts.RUNS_FILE))) == 2
+    assert len(miner.unfinished_group(read_runs(cut / artifacts.RUNS_FILE))) == 2
     result = mine(PROBLEMS, tiny, settings(batch_size=3, max_tries=2), cut, min_pairs=5, progress=False)
     assert result.resumed_from == 5 and result.attempts_this_call == len(lines) - 5
     for name in (artifacts.RUNS_FILE, artifacts.PAIRS_FILE, artifacts.PAIRS_CSV):
@@ -230,7 +237,7 @@ def test_batch_size_is_validated():
 
 
 def test_records_without_a_layout_keep_their_old_bytes(tiny, tmp_path):
-    record = artifacts.RunRecord(id="a", attempt=0, temperature=0.0, top_p=0.95, seed=1, model="m", prompt="p",
+    record = RunRecord(id="a", attempt=0, temperature=0.0, top_p=0.95, seed=1, model="m", prompt="p",
                                  text="", final_answer=None, correct=False, parse_ok=False, token_ids=[],
                                  step_spans=[], final_answer_span=None, prompt_token_ids=[1], max_new_tokens=1,
                                  finish_reason="length")
@@ -325,7 +332,7 @@ def test_packed_and_isolated_replays_agree_and_catch_a_perturbed_row(tiny, tmp_p
     from cot_patching.decoding.replay import replay_attempts
 
     mine(PROBLEMS, tiny, settings(batch_size=3, max_tries=2), tmp_path, min_pairs=5, progress=False)
-    runs = [line.record for line in artifacts.read_runs(tmp_path / artifacts.RUNS_FILE)]
+    runs = [line.record for line in read_runs(tmp_path / artifacts.RUNS_FILE)]
     broken = replace(runs[7], token_ids=[runs[7].token_ids[0] + 1] + runs[7].token_ids[1:])
     records = runs[:7] + [broken] + runs[8:]
     for isolated in (False, True):
@@ -378,9 +385,9 @@ def test_bridge_and_plain_paths_each_replay_their_own_records(tiny):
 
 
 def test_batched_shards_merge_validate_and_replay(tiny, tmp_path):
+    from cot_patching.decoding.replay import replay_attempts
     from cot_patching.mining.merge import merge_shards
     from cot_patching.mining.miner import problems_sha256
-    from cot_patching.decoding.replay import replay_attempts
     from cot_patching.mining.sharding import Shard, shard_problems
 
     problems = [Problem(f"m{i}", f"What is 2 + {i}?", str(2 + i), "test") for i in range(6)]
@@ -394,10 +401,10 @@ def test_batched_shards_merge_validate_and_replay(tiny, tmp_path):
              settings(problems_sha256=problems_sha256(path), max_tries=2, max_new_tokens=8, batch_size=2,
                       shard=f"{k}/2"),
              shard, min_pairs=5, progress=False, manifest={"model": tiny.info.to_json(), "argv": ["mine"],
-                                                          "environment": artifacts.environment_facts()})
+                                                          "environment": environment_facts()})
         shards.append(str(shard))
     merge_shards(tmp_path / "merged", shards, problems_path=path, argv=["merge"])
     assert validate_outdir(tmp_path / "merged") == []  # groups are told apart by their shard
-    runs = [line.record for line in artifacts.read_runs(tmp_path / "merged" / artifacts.RUNS_FILE)]
+    runs = [line.record for line in read_runs(tmp_path / "merged" / artifacts.RUNS_FILE)]
     assert {r.batch["shard"] for r in runs} == {"0/2", "1/2"}
     assert all(result.match for _, result in replay_attempts(tiny, runs))

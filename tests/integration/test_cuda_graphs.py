@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cot_patching.decoding.cuda_graphs import GraphedDecoder
-from cot_patching.models.loading import LoadedModel, ModelInfo
 from cot_patching.decoding.sampling import DecodeConfig, sample
+from cot_patching.models.loading import LoadedModel, ModelInfo
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")]
 

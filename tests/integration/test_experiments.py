@@ -8,21 +8,31 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import mine_scripted_pairs
 
-from cot_patching.runs.directory import load_pairs
 from cot_patching.experiments.alignment import (
-    ScoredTrace, cells_for, final_answer_cell, first_difference, position_cells, step_cell,
+    ScoredTrace,
+    cells_for,
+    final_answer_cell,
+    first_difference,
+    position_cells,
+    step_cell,
 )
 from cot_patching.experiments.attribution import ranks, recipient_gradients, spearman
 from cot_patching.experiments.patching import run_rows_with_patches
 from cot_patching.experiments.plots import bootstrap_mean
 from cot_patching.experiments.study import StudyError, run_study
 from cot_patching.experiments.sweep import (
-    SweepSettings, cell_patches, pair_traces, patched_metrics, source_activations, sweep_direction, trace_metric,
+    SweepSettings,
+    cell_patches,
+    pair_traces,
+    patched_metrics,
+    source_activations,
+    sweep_direction,
+    trace_metric,
 )
 from cot_patching.experiments.tables import RESULT_COLUMNS, layer_step_tensor, read_table
-
-from helpers import mine_scripted_pairs
+from cot_patching.runs.directory import load_pairs
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +65,7 @@ def test_step_cells_cover_the_steps_tokens_on_real_tokenizers(any_tokenizer):
     from cot_patching.traces.analysis import analyze_trace
 
     def record(text: str, attempt: int):
-        from cot_patching.runs.artifacts import RunRecord
+        from cot_patching.runs.records import RunRecord
 
         prompt = any_tokenizer("Question: Tom has 3 apples.", add_special_tokens=False)["input_ids"]
         ids = any_tokenizer(text, add_special_tokens=False)["input_ids"]

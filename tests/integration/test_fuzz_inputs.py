@@ -10,16 +10,15 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from helpers import CORRECT, WRONG, ScriptedSampler
 from typer.testing import CliRunner
 
-from cot_patching.runs import artifacts
 from cot_patching.cli import app
 from cot_patching.mining.miner import mine
 from cot_patching.mining.settings import MineSettings
-from cot_patching.problems import Problem
 from cot_patching.mining.validate import validate_outdir
-
-from helpers import CORRECT, WRONG, ScriptedSampler
+from cot_patching.problems import Problem
+from cot_patching.runs import artifacts
 
 runner = CliRunner()
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from golden_tokens import QWEN_GGUF, load_golden, mining_prompts, model_spec, plain_greedy, plain_hf_model
 
 from cot_patching.decoding.batched import BatchRow, cache_len_for, sample_batch
@@ -122,9 +121,10 @@ def test_grouped_twin_is_causal_without_a_mask(embedded: LoadedModel) -> None:
 def test_without_the_cache_hand_over_the_bridge_decodes_garbage_on_transformers_5_24(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Negative control of the fix itself: where transformers passes `cache=`, the bridge needs the hand-over."""
+    from transformers import LlamaForCausalLM
+
     import cot_patching.models.backends as backends
     from cot_patching.decoding.hf_cache import cache_keyword
-    from transformers import LlamaForCausalLM
 
     if cache_keyword(LlamaForCausalLM) != "cache":
         pytest.skip("this transformers passes the cache as past_key_values, which the bridge reads itself")

@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
+from typer.testing import CliRunner
 import torch
+from helpers import MULTI_STEP_CORRECT, MULTI_STEP_WRONG, ScriptedSampler
 
+from cot_patching.cli import app
 from cot_patching.decoding.batched import BatchRow, sample_batch
 from cot_patching.decoding.sampling import DecodeConfig
 from cot_patching.localization.outputs import FORKS_CSV, STEPS_CSV, summarize
-from cot_patching.localization.stats import wilson_interval
 from cot_patching.localization.rollouts import (
-    LocalizeError, LocalizeSettings, fork_plan, fork_prefixes, label_of, localize_run, read_rollouts, rollout_seed,
-    rollouts_file, run_phase, slots_of, step_prefixes, verify_rollouts, LocalizeReport,
+    LocalizeError,
+    LocalizeReport,
+    LocalizeSettings,
+    fork_plan,
+    fork_prefixes,
+    label_of,
+    localize_run,
+    read_rollouts,
+    rollout_seed,
+    rollouts_file,
+    run_phase,
+    slots_of,
+    step_prefixes,
+    verify_rollouts,
 )
+from cot_patching.localization.stats import wilson_interval
 from cot_patching.mining.miner import mine
-from cot_patching.models.backends import BRIDGE, resolve_backend
 from cot_patching.mining.settings import MineSettings
+from cot_patching.models.backends import BRIDGE, resolve_backend
 from cot_patching.problems import Problem
 from cot_patching.runs.directory import load_pairs
-
-from helpers import MULTI_STEP_CORRECT, MULTI_STEP_WRONG, ScriptedSampler
 
 # Rollouts run on the batched decoder, which decodes the bridge's Hugging Face model (as `mine --batch-size` does).
 pytestmark = pytest.mark.skipif(resolve_backend(None) != BRIDGE, reason="batched decoding runs on the bridge only")
@@ -219,9 +230,8 @@ def test_cli_refuses_bad_flags_with_one_line(run, tmp_path):
                            (["--temperature", "0"], "--temperature must be > 0"),
                            (["--pairs", "nope"], "no pair nope"),
                            (["--shard", "3/2"], "shard")):
-        result = subprocess.run([sys.executable, "-m", "cot_patching.cli", "localize", "--results", str(run),
-                                 "--out", str(tmp_path / "l"), *flags], capture_output=True, text=True)
-        assert result.returncode != 0
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+        result = CliRunner().invoke(app, ["localize", "--results", str(run), "--out", str(tmp_path / "l"), *flags])
+        assert result.exit_code != 0
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
         assert not (tmp_path / "l").exists()

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
 
 from cot_patching.mining.merge import merge_shards
 from cot_patching.mining.miner import MiningError, mine, problems_sha256
 from cot_patching.mining.settings import MineSettings
-from cot_patching.problems import Problem
 from cot_patching.mining.sharding import Shard, parse_shard, shard_index, shard_problems
-
-from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
+from cot_patching.problems import Problem
 
 MAX_TRIES = 3
 PATTERNS = [  # one outcome script per problem (attempt 0, 1, 2)

@@ -3,15 +3,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
 
-from cot_patching.runs import artifacts
+from cot_patching.decoding.sampling import attempt_seed
 from cot_patching.mining.miner import MiningError, mine
-from cot_patching.runs.directory import RunInUseError
 from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
-from cot_patching.decoding.sampling import attempt_seed
-
-from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
+from cot_patching.runs import artifacts
+from cot_patching.runs.directory import RunInUseError
+from cot_patching.runs.pairing import build_pairs
+from cot_patching.runs.records import read_run_at, read_runs
+from cot_patching.runs.tally import build_summary, pairs_csv
 
 PROBLEMS = [Problem(f"p{i}", f"What is 2 + 3? ({i})", "5", "test") for i in range(4)]
 
@@ -21,7 +23,7 @@ def settings(**overrides):
 
 
 def runs_of(outdir):
-    return [line.record for line in artifacts.read_runs(outdir / artifacts.RUNS_FILE)]
+    return [line.record for line in read_runs(outdir / artifacts.RUNS_FILE)]
 
 
 def test_stop_rule_and_schedule(tiny, tmp_path):
@@ -67,7 +69,7 @@ def test_pairs_refs_point_at_their_lines(tiny, tmp_path):
     result = mine(PROBLEMS[:2], tiny, settings(), tmp_path, progress=False, sampler=sampler)
     for pair in result.pairs:
         for ref in (pair.correct_ref, pair.incorrect_ref):
-            record = artifacts.read_run_at(tmp_path / artifacts.RUNS_FILE, ref["runs_offset"])
+            record = read_run_at(tmp_path / artifacts.RUNS_FILE, ref["runs_offset"])
             assert (record.id, record.attempt) == (pair.id, ref["attempt"])
     csv_lines = (tmp_path / artifacts.PAIRS_CSV).read_text().splitlines()
     assert csv_lines[0] == "id,n_attempts,early_step_idx,late_step_idx,correct_attempt,incorrect_attempt"
@@ -179,13 +181,13 @@ def test_incremental_pairs_and_summary_equal_a_rebuild_from_all_runs(tiny, tmp_p
                 sampler=ScriptedSampler(tiny.tokenizer, scripts))
     result = mine(problems, tiny, settings(), tmp_path, min_pairs=100, progress=False,
                   sampler=ScriptedSampler(tiny.tokenizer, scripts))
-    runs = artifacts.read_runs(tmp_path / artifacts.RUNS_FILE)
-    rebuilt = artifacts.build_pairs(runs, {p.id: p.question for p in problems})
+    runs = read_runs(tmp_path / artifacts.RUNS_FILE)
+    rebuilt = build_pairs(runs, {p.id: p.question for p in problems})
     assert 0 < len(half.pairs) < len(rebuilt)
     assert [p.to_line() for p in result.pairs] == [p.to_line() for p in rebuilt]
     assert (tmp_path / artifacts.PAIRS_FILE).read_text() == "".join(p.to_line() for p in rebuilt)
-    assert (tmp_path / artifacts.PAIRS_CSV).read_text() == artifacts.pairs_csv(rebuilt)
-    assert json.loads((tmp_path / artifacts.SUMMARY_FILE).read_text()) == artifacts.build_summary(runs, rebuilt)
+    assert (tmp_path / artifacts.PAIRS_CSV).read_text() == pairs_csv(rebuilt)
+    assert json.loads((tmp_path / artifacts.SUMMARY_FILE).read_text()) == build_summary(runs, rebuilt)
 
 
 class FailingOnce(ScriptedSampler):
@@ -225,9 +227,9 @@ def test_a_device_failure_stops_the_run_and_records_nothing(tiny, tmp_path):
 
 
 def test_replaying_a_failed_attempt_fails_the_same_way(tiny):
+    from cot_patching.decoding.replay import replay_attempt
     from cot_patching.mining.miner import failed_attempt
     from cot_patching.traces.prompt import EncodedPrompt
-    from cot_patching.decoding.replay import replay_attempt
 
     prompt = EncodedPrompt(text="x", token_ids=[len(tiny.tokenizer) + 5], chat_template_applied=False)
     try:

@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import mine_scripted_pairs
 
 from cot_patching.activations.cache import CacheSettings, cache_activations, load_activations
-from cot_patching.runs.directory import load_pairs
 from cot_patching.experiments.patching import (
-    ResidualPatch, answer_target, final_answer_target, run_with_patches, target_logprobs,
+    ResidualPatch,
+    answer_target,
+    final_answer_target,
+    run_with_patches,
+    target_logprobs,
 )
-
-from helpers import mine_scripted_pairs
+from cot_patching.runs.directory import load_pairs
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,20 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
-from cot_patching.runs import artifacts
-from cot_patching.mining.miner import MiningError, mine, run_attempt
-from cot_patching.mining.settings import MineSettings
-from cot_patching.problems import Problem
-from cot_patching.traces.prompt import build_prompt, encode_prompt
-from cot_patching.traces.analysis import TRACE_RULES_VERSION
-from cot_patching.mining.repair import repair_run
-from cot_patching.mining.validate import validate_outdir
-
 from helpers import ScriptedSampler
+
+from cot_patching.mining.miner import MiningError, mine, run_attempt
+from cot_patching.mining.repair import repair_run
+from cot_patching.mining.settings import MineSettings
+from cot_patching.mining.validate import validate_outdir
+from cot_patching.problems import Problem
+from cot_patching.runs import artifacts
+from cot_patching.runs.files import write_json
+from cot_patching.runs.pairing import build_pairs
+from cot_patching.runs.records import read_pairs, read_runs
+from cot_patching.runs.tally import build_summary, write_derived
+from cot_patching.traces.analysis import TRACE_RULES_VERSION
+from cot_patching.traces.prompt import build_prompt, encode_prompt
 
 PROBLEMS = [
     Problem("p1", "Ann has 3 pens and buys 4. How many pens?", "7"),
@@ -53,12 +56,12 @@ def scripted(smollm2_tokenizer: Any) -> tuple[Any, Any]:
 
 def _records(outdir: Path) -> dict[tuple[str, int], dict[str, Any]]:
     return {(line.record.id, line.record.attempt): asdict(line.record)
-            for line in artifacts.read_runs(outdir / artifacts.RUNS_FILE)}
+            for line in read_runs(outdir / artifacts.RUNS_FILE)}
 
 
 def _pairs(outdir: Path) -> list[tuple[Any, ...]]:
     return [(p.id, p.correct_ref["attempt"], p.incorrect_ref["attempt"], p.steps_selected, p.n_attempts)
-            for p in artifacts.read_pairs(outdir / artifacts.PAIRS_FILE)]
+            for p in read_pairs(outdir / artifacts.PAIRS_FILE)]
 
 
 def _write_old_run(outdir: Path, model: Any, sampler: Any, reference: Path) -> None:
@@ -82,10 +85,10 @@ def _write_old_run(outdir: Path, model: Any, sampler: Any, reference: Path) -> N
     (outdir / artifacts.RUNS_FILE).write_bytes(b"".join(lines))
     manifest = json.loads((reference / artifacts.MANIFEST_FILE).read_text())
     del manifest["settings"]["trace_rules_version"]
-    artifacts.write_json(outdir / artifacts.MANIFEST_FILE, manifest)
-    runs = artifacts.read_runs(outdir / artifacts.RUNS_FILE)
-    pairs = artifacts.build_pairs(runs, {p.id: p.question for p in PROBLEMS})
-    artifacts.write_derived(outdir, pairs, artifacts.build_summary(runs, pairs))
+    write_json(outdir / artifacts.MANIFEST_FILE, manifest)
+    runs = read_runs(outdir / artifacts.RUNS_FILE)
+    pairs = build_pairs(runs, {p.id: p.question for p in PROBLEMS})
+    write_derived(outdir, pairs, build_summary(runs, pairs))
 
 
 def test_repair_then_resume_equals_mining_from_scratch(scripted, tmp_path):
@@ -195,7 +198,7 @@ def test_a_repair_killed_in_its_write_phase_keeps_its_record_and_the_rerun_finis
 
     import cot_patching.mining.repair as repair_module
 
-    real_write_derived = artifacts.write_derived
+    real_write_derived = write_derived
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies right after runs.jsonl was rewritten

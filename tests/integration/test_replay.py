@@ -4,11 +4,12 @@ import dataclasses
 
 import pytest
 
-from cot_patching.runs import artifacts
+from cot_patching.decoding.replay import replay_attempt
 from cot_patching.mining.miner import mine
 from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
-from cot_patching.decoding.replay import replay_attempt
+from cot_patching.runs import artifacts
+from cot_patching.runs.records import read_runs
 
 PROBLEMS = [Problem("r0", "Tom has 3 apples and buys 4 more. How many apples?", "7")]
 
@@ -18,7 +19,7 @@ def mined(tiny, tmp_path_factory):
     outdir = tmp_path_factory.mktemp("mined")
     settings = MineSettings(model="tiny", problems_sha256="x", max_tries=3, max_new_tokens=20)
     mine(PROBLEMS, tiny, settings, outdir, progress=False)
-    return [line.record for line in artifacts.read_runs(outdir / artifacts.RUNS_FILE)]
+    return [line.record for line in read_runs(outdir / artifacts.RUNS_FILE)]
 
 
 def test_every_attempt_replays_exactly(tiny, mined):
@@ -44,5 +45,5 @@ def test_replay_detects_a_wrong_seed(tiny, mined):
 def test_embedded_model_replays_exactly(embedded, tmp_path):
     settings = MineSettings(model="embedded", problems_sha256="x", max_tries=2, max_new_tokens=24)
     mine(PROBLEMS, embedded, settings, tmp_path, progress=False)
-    for line in artifacts.read_runs(tmp_path / artifacts.RUNS_FILE):
+    for line in read_runs(tmp_path / artifacts.RUNS_FILE):
         assert replay_attempt(embedded, line.record).match

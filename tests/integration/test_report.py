@@ -8,14 +8,13 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import MULTI_STEP_CORRECT, ScriptedSampler, mine_scripted_pairs
 
 from cot_patching.mining.miner import mine
 from cot_patching.mining.settings import MineSettings
 from cot_patching.problems import Problem
 from cot_patching.report import load_run_view, render_report, write_report
 from cot_patching.report.render import safe_json
-
-from helpers import MULTI_STEP_CORRECT, ScriptedSampler, mine_scripted_pairs
 
 HOSTILE_ID = 'q"><img src=x onerror=alert(1)>'
 HOSTILE_WRONG = ("Step 1: </script><script>alert('pwned')</script> 3 * 4 = 12\n"

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from cot_patching.decoding.sampling import (
-    DecodeConfig, attempt_seed, choose_next_token, parse_temperature_seq, sample, temperature_schedule,
+    DecodeConfig,
+    attempt_seed,
+    choose_next_token,
+    parse_temperature_seq,
+    sample,
+    temperature_schedule,
 )
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from cot_patching.runs import artifacts
-from cot_patching.mining.validate import validate_outdir
-
 from helpers import mine_scripted_pairs
+
+from cot_patching.mining.validate import validate_outdir
+from cot_patching.runs import artifacts
+from cot_patching.runs.records import read_runs
 
 
 @pytest.fixture()
@@ -139,16 +139,16 @@ def test_cli_validate_exit_codes(tiny_dir, tmp_path):
 
 
 def test_interrupted_run_mid_problem_is_still_consistent(tiny, tmp_path):
+    from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
+
     from cot_patching.mining.miner import mine
     from cot_patching.mining.settings import MineSettings
     from cot_patching.problems import Problem
-
-    from helpers import CORRECT, UNPARSED, WRONG, ScriptedSampler
 
     problems = [Problem("m0", "What is 2 + 3?", "5")]
     sampler = ScriptedSampler(tiny.tokenizer, {"m0": [UNPARSED, WRONG, CORRECT]}, fail_after=2)
     with pytest.raises(KeyboardInterrupt):
         mine(problems, tiny, MineSettings(model="tiny", problems_sha256="x"), tmp_path, progress=False,
              sampler=sampler)
-    assert len(artifacts.read_runs(tmp_path / artifacts.RUNS_FILE)) == 2
+    assert len(read_runs(tmp_path / artifacts.RUNS_FILE)) == 2
     assert validate_outdir(tmp_path, tiny.tokenizer) == []

@@ -8,7 +8,9 @@ import pytest
 
 from cot_patching.runs import artifacts
 from cot_patching.runs.directory import load_pairs
-from cot_patching.runs.artifacts import RunRecord, atomic_write_text, drop_torn_tail, read_run_at, read_runs
+from cot_patching.runs.files import ArtifactError, atomic_write_text, drop_torn_tail
+from cot_patching.runs.pairing import make_pair
+from cot_patching.runs.records import RunLine, RunRecord, RunsAppender, pair_problem, read_run_at, read_runs
 from cot_patching.runs.stop_rule import find_pair
 
 
@@ -21,18 +23,18 @@ def _record(problem_id="p", attempt=0, correct=False, parse_ok=True, text="Step 
 
 def test_appended_lines_have_byte_offsets_that_read_back(tmp_path):
     path = tmp_path / "runs.jsonl"
-    with artifacts.RunsAppender(path) as appender:
+    with RunsAppender(path) as appender:
         offsets = [appender.append(_record(attempt=k)) for k in range(3)]
     assert offsets[0] == 0 and offsets[1] > len("Step 1: é 日本")  # bytes, not characters
     assert [read_run_at(path, o).attempt for o in offsets] == [0, 1, 2]
     assert [line.offset for line in read_runs(path)] == offsets
-    with pytest.raises(artifacts.ArtifactError):
+    with pytest.raises(ArtifactError):
         read_run_at(path, offsets[1] + 3)
 
 
 def test_torn_tail_is_dropped_and_ignored(tmp_path):
     path = tmp_path / "runs.jsonl"
-    with artifacts.RunsAppender(path) as appender:
+    with RunsAppender(path) as appender:
         appender.append(_record())
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"id": "p", "att')
@@ -64,28 +66,28 @@ RIGHT_TRACE = "Step 1: Tom has 3 apples.\nStep 2: He buys 4 more, 3 + 4 = 7.\nSt
 def _pair_lines(incorrect_text=WRONG_TRACE, parse_ok=True):
     wrong = _record(attempt=0, correct=False, parse_ok=parse_ok, text=incorrect_text)
     right = _record(attempt=1, correct=True, text=RIGHT_TRACE)
-    return [artifacts.RunLine(0, wrong), artifacts.RunLine(100, right)]
+    return [RunLine(0, wrong), RunLine(100, right)]
 
 
 def test_a_pair_record_carries_both_traces_selected_steps():
-    pair = artifacts.make_pair("p", _pair_lines(), "q")
+    pair = make_pair("p", _pair_lines(), "q")
     assert pair.steps_selected == {"early": {"from": "correct", "step_idx": 1},
                                    "late": {"from": "correct", "step_idx": 3}}
     assert pair.incorrect_steps_selected == {"early": {"from": "incorrect", "step_idx": 1},
                                              "late": {"from": "incorrect", "step_idx": 2}}
-    unparsed = artifacts.make_pair("p", _pair_lines("no steps here", parse_ok=False), "q", pair_unparsed=True)
+    unparsed = make_pair("p", _pair_lines("no steps here", parse_ok=False), "q", pair_unparsed=True)
     assert unparsed.incorrect_steps_selected == {}
-    assert artifacts.pair_problem({**asdict(pair), "incorrect_steps_selected": {"early": 1}}) is not None
-    assert artifacts.pair_problem(asdict(pair)) is None
+    assert pair_problem({**asdict(pair), "incorrect_steps_selected": {"early": 1}}) is not None
+    assert pair_problem(asdict(pair)) is None
 
 
 def test_pairs_written_before_the_incorrect_selection_load_with_it(tmp_path):
     """An old pairs.jsonl line (no incorrect_steps_selected) loads; its incorrect trace's steps come from the rule."""
     lines = _pair_lines()
     runs = tmp_path / artifacts.RUNS_FILE
-    with artifacts.RunsAppender(runs) as appender:
-        lines = [artifacts.RunLine(appender.append(line.record), line.record) for line in lines]
-    pair = artifacts.make_pair("p", lines, "q")
+    with RunsAppender(runs) as appender:
+        lines = [RunLine(appender.append(line.record), line.record) for line in lines]
+    pair = make_pair("p", lines, "q")
     old = asdict(pair)
     del old["incorrect_steps_selected"]
     (tmp_path / artifacts.PAIRS_FILE).write_text(json.dumps(old) + "\n")

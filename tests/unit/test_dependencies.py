@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -63,5 +63,7 @@ def test_readme_test_lines_are_what_ci_runs_and_install_through_the_constraints(
     for line in lines:
         assert line in ci, f"README test line not in .ci/run: {line}"
         assert re.search(r"pip install -c constraints(-hooked)?\.txt -e ", line), line
+    lint = [line for line in readme.splitlines() if line.startswith("python -m pytest -m lint")]
+    assert len(lint) == 1 and lint[0] in ci, "README's lint line is not what .ci/run runs"
     first = next(line for line in readme.splitlines() if "scripts/fetch_qwen_coder_gguf.sh &&" in line)
     assert "-c constraints.txt" in first

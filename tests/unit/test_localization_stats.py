@@ -7,7 +7,13 @@ import math
 import pytest
 
 from cot_patching.localization.stats import (
-    Alternative, Estimate, ForkIndex, forking_index, localize, step_points, wilson_interval,
+    Alternative,
+    Estimate,
+    ForkIndex,
+    forking_index,
+    localize,
+    step_points,
+    wilson_interval,
 )
 
 

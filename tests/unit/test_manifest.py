@@ -9,7 +9,8 @@ import pytest
 
 from cot_patching.models.backends import BRIDGE
 from cot_patching.runs import artifacts
-from cot_patching.runs.manifest import (MANIFEST_VERSION, SETTINGS_BEFORE_RECORDED, RunManifest, recorded_backend)
+from cot_patching.runs.files import ArtifactError
+from cot_patching.runs.manifest import MANIFEST_VERSION, SETTINGS_BEFORE_RECORDED, RunManifest, recorded_backend
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 COMMITTED = sorted(p.parent for p in RESULTS.glob("*/" + artifacts.MANIFEST_FILE))
@@ -69,7 +70,7 @@ def test_every_committed_manifest_round_trips(run: Path) -> None:
 
 
 def test_a_manifest_from_a_newer_cot_patching_is_refused() -> None:
-    with pytest.raises(artifacts.ArtifactError, match="upgrade cot-patching"):
+    with pytest.raises(ArtifactError, match="upgrade cot-patching"):
         RunManifest.from_json({**V1, "version": MANIFEST_VERSION + 1})
 
 
@@ -77,7 +78,7 @@ def test_a_manifest_from_a_newer_cot_patching_is_refused() -> None:
                                              ({**V1, "sessions": {}}, "sessions is not a list"),
                                              ({**V1, "model": "m"}, "model is not an object")])
 def test_a_broken_manifest_is_one_clear_error(broken: dict, message: str) -> None:
-    with pytest.raises(artifacts.ArtifactError, match=message):
+    with pytest.raises(ArtifactError, match=message):
         RunManifest.from_json(broken)
 
 

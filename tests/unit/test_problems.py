@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 import json
-
-import pytest
 from dataclasses import replace
 
+import pytest
+
 from cot_patching.problems import (
-    DATA_DIR, ProblemFileError, deterministic_sample, gsm8k_gold, load_problems, read_gsm8k, read_svamp,
+    DATA_DIR,
+    ProblemFileError,
+    deterministic_sample,
+    gsm8k_gold,
+    load_problems,
+    read_gsm8k,
+    read_svamp,
 )
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from cot_patching.traces.spans import decode_tokens
 from cot_patching.traces.analysis import analyze_trace
+from cot_patching.traces.spans import decode_tokens
 
 
 def test_analyze_trace_spans_and_score(any_tokenizer):
