@@ -188,5 +188,5 @@ def _builds_only_if_marked(request: pytest.FixtureRequest, monkeypatch: pytest.M
         monkeypatch.setattr(cls, name, staticmethod(counted))  # `original` is already bound to its class
     yield
     if built:
-        pytest.fail(f"this test built a TransformerLens model ({built[0]}) but is not marked transformer_lens: add "
-                    "its fixture to MODEL_FIXTURES or its builder to MODEL_BUILDERS in tests/conftest.py")
+        pytest.fail(f"this test built a TransformerLens model ({built[0]}) but is not marked transformer_lens: mark "
+                    "it @pytest.mark.transformer_lens, or add its fixture to MODEL_FIXTURES in tests/conftest.py")

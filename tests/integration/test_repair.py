@@ -203,13 +203,13 @@ def test_a_repair_killed_in_its_write_phase_keeps_its_record_and_the_rerun_finis
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies right after runs.jsonl was rewritten
 
-    monkeypatch.setattr(repair_module.artifacts, "write_derived", killed)
+    monkeypatch.setattr(repair_module, "write_derived", killed)
     with pytest.raises(KeyboardInterrupt):
         repair_run(old, model.tokenizer)
     manifest = json.loads((old / artifacts.MANIFEST_FILE).read_text())
     assert manifest["repairs"][-1]["complete"] is False
     assert manifest["repairs"][-1]["report"]["relabelled"] == expected.relabelled == 2
-    monkeypatch.setattr(repair_module.artifacts, "write_derived", real_write_derived)
+    monkeypatch.setattr(repair_module, "write_derived", real_write_derived)
 
     finished = repair_run(old, model.tokenizer)
     assert (finished.relabelled, finished.respanned, finished.set_aside) == \

@@ -15,6 +15,7 @@ runner = CliRunner()
 
 
 @pytest.mark.slow
+@pytest.mark.transformer_lens  # mines with the embedded model through the CLI
 def test_reproduce_with_a_moved_model_from_another_directory(tmp_path, monkeypatch):
     work = tmp_path / "work"
     (work / "models").mkdir(parents=True)
