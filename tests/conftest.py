@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -140,11 +141,10 @@ MODEL_FIXTURES = {"tiny", "tiny_dir", "embedded"}
 MODEL_BUILDERS = ("tiny_model(", "tiny_hf_model(", "load_model(", "from_hf_model(")
 
 
-def _builds_models(module_path: Path, cache: dict[Path, bool] = {}) -> bool:  # noqa: B006 (a cache on purpose)
-    if module_path not in cache:
-        text = module_path.read_text("utf-8") if module_path.suffix == ".py" else ""
-        cache[module_path] = "acceptance" in module_path.parts or any(name in text for name in MODEL_BUILDERS)
-    return cache[module_path]
+@functools.cache
+def _builds_models(module_path: Path) -> bool:
+    text = module_path.read_text("utf-8") if module_path.suffix == ".py" else ""
+    return "acceptance" in module_path.parts or any(name in text for name in MODEL_BUILDERS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

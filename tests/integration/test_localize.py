@@ -6,8 +6,8 @@ import json
 import shutil
 
 import pytest
-from typer.testing import CliRunner
 import torch
+from typer.testing import CliRunner
 from helpers import MULTI_STEP_CORRECT, MULTI_STEP_WRONG, ScriptedSampler
 
 from cot_patching.cli import app
