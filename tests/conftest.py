@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,17 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; fail fast instead of retrying
+# Every test process (and each process a test starts) shares one GGUF cache: the embedded model is converted once per
+# machine, not once per load (see cot_patching/models/gguf_cache.py; tests/integration/test_gguf_cache.py tests it).
+os.environ.setdefault("COT_PATCHING_GGUF_CACHE", str(Path(tempfile.gettempdir()) / "cot-patching-tests" / "gguf"))
 
 from cot_patching.models.loading import (
     EMBEDDED,
-    EMBEDDED_FILE,
     LoadedModel,
-    embedded_model_dir,
     from_hf_model,
     load_model,
+    load_tokenizer,
+    resolve_model,
 )
 
 LLAMA3_PATTERN = (
@@ -42,9 +46,7 @@ def _package_dir(name: str) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_tokenizer() -> Any:
     """SmolLM2's byte-level BPE tokenizer, from the embedded GGUF."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(embedded_model_dir(), gguf_file=EMBEDDED_FILE)
+    return load_tokenizer(resolve_model(EMBEDDED))
 
 
 @pytest.fixture(scope="session")
@@ -134,17 +136,19 @@ def embedded() -> LoadedModel:
 
 
 # Which tests build a TransformerLens model: those that ask for a model fixture, those in a module that builds one
-# itself, and the acceptance tests (they start real mining processes). CI's hooked line (TransformerLens 3.9) runs
+# itself, and those that start a process with a model to load (MODEL_PROCESSES). CI's hooked line (TransformerLens 3.9) runs
 # only these: the rest never touches TransformerLens, so the bridge line covers it. `_builds_only_if_marked` keeps the
-# rule honest: an unmarked test that builds a model fails.
+# rule honest: an unmarked test that builds a model, or starts a process that imports TransformerLens, fails.
 MODEL_FIXTURES = {"tiny", "tiny_dir", "embedded"}
 MODEL_BUILDERS = ("tiny_model(", "tiny_hf_model(", "load_model(", "from_hf_model(")
+MODEL_PROCESSES = ('"--model"', "slurm-check.sh")  # a process started with a model to load
 
 
 @functools.cache
 def _builds_models(module_path: Path) -> bool:
     text = module_path.read_text("utf-8") if module_path.suffix == ".py" else ""
-    return "acceptance" in module_path.parts or any(name in text for name in MODEL_BUILDERS)
+    starts_model_processes = "subprocess" in text and any(name in text for name in MODEL_PROCESSES)
+    return starts_model_processes or any(name in text for name in MODEL_BUILDERS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -177,6 +181,8 @@ def _builds_only_if_marked(request: pytest.FixtureRequest, monkeypatch: pytest.M
     if request.node.get_closest_marker("transformer_lens") is not None:
         yield
         return
+    guards = str(Path(__file__).parent / "guards")  # its sitecustomize refuses TransformerLens in started processes
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [guards, os.environ.get("PYTHONPATH")])))
     built: list[str] = []
     for cls, name in _model_constructors():
         original = getattr(cls, name)

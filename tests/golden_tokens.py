@@ -56,7 +56,8 @@ def plain_greedy(hf_model: Any, prompt_ids: list[int], max_new_tokens: int, stop
 
 def golden_entry(key: str) -> dict[str, Any]:
     """The golden record of one model: its identity, versions, prompts and plain-`generate` greedy tokens."""
-    from cot_patching.models.loading import file_sha256, resolve_model, stop_token_ids
+    from cot_patching.models.loading import resolve_model, stop_token_ids
+    from cot_patching.runs.files import file_sha256
     from cot_patching.runs.environment import installed_versions
 
     spec = model_spec(key)

@@ -14,7 +14,7 @@ from safetensors.torch import save
 from torch import Tensor
 
 from cot_patching.models.backends import BRIDGE
-from cot_patching.models.loading import LoadedModel, file_sha256
+from cot_patching.models.loading import LoadedModel
 from cot_patching.runs import artifacts
 from cot_patching.runs.directory import load_pairs
 from cot_patching.runs.files import (
@@ -23,6 +23,7 @@ from cot_patching.runs.files import (
     atomic_write_bytes,
     atomic_write_text,
     drop_torn_tail,
+    file_sha256,
     read_json_file,
     read_jsonl_file,
     write_json,

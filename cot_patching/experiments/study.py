@@ -36,7 +36,7 @@ from cot_patching.experiments.tables import (
     csv_line,
     read_table,
 )
-from cot_patching.models.loading import LoadedModel, file_sha256
+from cot_patching.models.loading import LoadedModel
 from cot_patching.runs import artifacts
 from cot_patching.runs.directory import directory_lock, load_pairs
 from cot_patching.runs.environment import environment_facts
@@ -45,6 +45,7 @@ from cot_patching.runs.files import (
     append_fsynced,
     atomic_write_text,
     drop_torn_tail,
+    file_sha256,
     read_json_file,
     read_jsonl_file,
     write_json,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import importlib.util
@@ -24,6 +25,8 @@ from cot_patching.models.backends import (
     quant_method,
     resolve_backend,
 )
+from cot_patching.models.gguf_cache import converted_gguf
+from cot_patching.runs.files import file_sha256
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 MODEL_ALIASES = {"meta-llama/Meta-Llama-3.1-8B-Instruct": DEFAULT_MODEL}
@@ -261,13 +264,25 @@ def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def hf_files(source: ModelSource) -> tuple[str, str | None]:
+    """Where transformers reads a local source from: its folder and GGUF file name, or, for a GGUF the cache holds
+    converted (`gguf_cache`), that entry's folder and no GGUF."""
+    assert source.path is not None, source
+    if source.gguf_file is None:
+        return source.path, None
+    gguf_path = Path(source.path) / source.gguf_file
+    converted = converted_gguf(gguf_path, gguf_sha256(gguf_path))
+    return (str(converted), None) if converted is not None else (source.path, source.gguf_file)
+
+
 def load_tokenizer(source: ModelSource, revision: str | None = None) -> Any:
     """The Hugging Face tokenizer of a model source."""
     from transformers import AutoTokenizer
 
     if source.kind == "hub":
         return AutoTokenizer.from_pretrained(source.name, revision=revision)
-    return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    folder, gguf_file = hf_files(source)
+    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
 
 
 def load_hf_model(
@@ -290,10 +305,8 @@ def load_hf_model(
     if source.kind == "hub":
         model = AutoModelForCausalLM.from_pretrained(source.name, revision=revision, **kwargs)
     else:
-        assert source.path is not None, source
-        model = AutoModelForCausalLM.from_pretrained(
-            source.path, gguf_file=source.gguf_file, **kwargs
-        )
+        folder, gguf_file = hf_files(source)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, **kwargs)
     if not load_in_4bit:
         model = model.to(device)  # type: ignore[arg-type]  # transformers' wrapped `to` misleads mypy
     return model.eval()
@@ -330,17 +343,19 @@ def _revision_of(source: ModelSource, hf_model: Any, revision: str | None) -> st
         return commit or revision
     if source.kind in ("gguf", "embedded"):
         assert source.path is not None, source
-        return "sha256:" + file_sha256(Path(source.path) / str(source.gguf_file))
+        return "sha256:" + gguf_sha256(Path(source.path) / str(source.gguf_file))
     return commit
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def gguf_sha256(path: Path) -> str:
+    """sha256 of a model file, hashed once per process while its size and modification time stay the same."""
+    stat = path.stat()
+    return _hashed(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _hashed(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
 
 
 def load_model(

@@ -10,7 +10,7 @@ import pytest
 
 from cot_patching.mining.workers import parse_devices
 
-FLAGS = ["--model", "embedded", "--max-tries", "2", "--max-new-tokens", "8", "--min-pairs", "20", "--no-progress"]
+FLAGS = ["--max-tries", "2", "--max-new-tokens", "8", "--min-pairs", "20", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +21,17 @@ def problems(tmp_path_factory):
     return path
 
 
-def _mine(*args):
-    return subprocess.run([sys.executable, "-m", "cot_patching.cli", "mine", *FLAGS, *args], capture_output=True,
-                          text=True, timeout=900)
+def _mine(model_dir, *args):
+    """`mine` on the tiny random model (the workers, shards and merge are what is tested, not the model)."""
+    return subprocess.run([sys.executable, "-m", "cot_patching.cli", "mine", "--model", str(model_dir), *FLAGS, *args],
+                          capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.slow
-def test_two_workers_merge_to_the_single_process_run(problems, tmp_path):
-    many = _mine("--problems", str(problems), "--devices", "cpu,cpu", "--outdir", str(tmp_path / "many"))
+def test_two_workers_merge_to_the_single_process_run(problems, tiny_dir, tmp_path):
+    many = _mine(tiny_dir, "--problems", str(problems), "--devices", "cpu,cpu", "--outdir", str(tmp_path / "many"))
     assert many.returncode == 0, many.stdout + many.stderr
     assert "2 workers (cpu, cpu)" in many.stdout and "merged 3 problems" in many.stdout
-    single = _mine("--problems", str(problems), "--device", "cpu", "--outdir", str(tmp_path / "one"))
+    single = _mine(tiny_dir, "--problems", str(problems), "--device", "cpu", "--outdir", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     for name in ("runs.jsonl", "pairs.jsonl", "pairs_summary.csv"):
         assert (tmp_path / "many" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
@@ -42,9 +42,8 @@ def test_two_workers_merge_to_the_single_process_run(problems, tmp_path):
     assert f"throughput: {mined_tokens} new tokens in " in many.stdout, many.stdout
 
 
-@pytest.mark.slow
-def test_a_failed_worker_is_reported_with_its_log_and_resume_command(problems, tmp_path):
-    result = _mine("--problems", str(problems), "--devices", "cpu,nope", "--outdir", str(tmp_path / "run"))
+def test_a_failed_worker_is_reported_with_its_log_and_resume_command(problems, tiny_dir, tmp_path):
+    result = _mine(tiny_dir, "--problems", str(problems), "--devices", "cpu,nope", "--outdir", str(tmp_path / "run"))
     assert result.returncode == 1
     assert "worker 1/2 on nope failed" in result.stderr and "resume it alone:" in result.stderr
     assert (tmp_path / "run/shards/shard-1.log").is_file()
