@@ -136,9 +136,9 @@ def embedded() -> LoadedModel:
 
 
 # Which tests build a TransformerLens model: those that ask for a model fixture, those in a module that builds one
-# itself, and those that start a process with a model to load (MODEL_PROCESSES). CI's hooked line (TransformerLens 3.9) runs
-# only these: the rest never touches TransformerLens, so the bridge line covers it. `_builds_only_if_marked` keeps the
-# rule honest: an unmarked test that builds a model, or starts a process that imports TransformerLens, fails.
+# itself, and those that start a process with a model to load (MODEL_PROCESSES). CI's hooked line (TransformerLens
+# 3.9) runs only these: the rest never touches TransformerLens, so the bridge line covers it. `_builds_only_if_marked`
+# keeps the rule honest: an unmarked test that builds a model, or starts a process that imports TransformerLens, fails.
 MODEL_FIXTURES = {"tiny", "tiny_dir", "embedded"}
 MODEL_BUILDERS = ("tiny_model(", "tiny_hf_model(", "load_model(", "from_hf_model(")
 MODEL_PROCESSES = ('"--model"', "slurm-check.sh")  # a process started with a model to load

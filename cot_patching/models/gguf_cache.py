@@ -16,6 +16,7 @@ folder to move the cache (default `$XDG_CACHE_HOME/cot_patching/gguf`, else `~/.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -41,6 +42,18 @@ def gguf_cache_root() -> Path | None:
         return Path(setting).expanduser()
     base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
     return Path(base) / "cot_patching" / "gguf"
+
+
+def model_file_sha256(path: Path) -> str:
+    """sha256 of a model file (a GGUF or an entry's file), hashed once per process while its size and modification
+    time stay the same: one load asks for it several times (tokenizer, weights, the run's record)."""
+    stat = path.stat()
+    return _hashed(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _hashed(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
 
 
 def entry_name(gguf_sha256: str) -> str:
@@ -79,7 +92,7 @@ def entry_is_sound(entry: Path, gguf_sha256: str) -> bool:
     files = record.get("files")
     if record.get("format") != ENTRY_FORMAT or record.get("gguf_sha256") != gguf_sha256 or not isinstance(files, dict):
         return False
-    return all((entry / name).is_file() and file_sha256(entry / name) == digest for name, digest in files.items())
+    return all((entry / name).is_file() and model_file_sha256(entry / name) == digest for name, digest in files.items())
 
 
 def _convert(gguf_path: Path, gguf_sha256: str, entry: Path) -> Path:
@@ -92,8 +105,9 @@ def _convert(gguf_path: Path, gguf_sha256: str, entry: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         _save_dequantized(hf_model, tokenizer, staging)
-        files = {path.name: file_sha256(path) for path in sorted(staging.iterdir())}
-        for path in staging.iterdir():
+        files = {}
+        for path in sorted(staging.iterdir()):
+            files[path.name] = file_sha256(path)
             _fsync_file(path)
         write_json(staging / ENTRY_FILE, {"format": ENTRY_FORMAT, "gguf_sha256": gguf_sha256, "gguf_file": name,
                                           "files": files})

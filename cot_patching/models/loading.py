@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 import hashlib
 import importlib.util
@@ -25,7 +24,7 @@ from cot_patching.models.backends import (
     quant_method,
     resolve_backend,
 )
-from cot_patching.models.gguf_cache import converted_gguf
+from cot_patching.models.gguf_cache import converted_gguf, model_file_sha256
 from cot_patching.runs.files import file_sha256
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -271,7 +270,7 @@ def hf_files(source: ModelSource) -> tuple[str, str | None]:
     if source.gguf_file is None:
         return source.path, None
     gguf_path = Path(source.path) / source.gguf_file
-    converted = converted_gguf(gguf_path, gguf_sha256(gguf_path))
+    converted = converted_gguf(gguf_path, model_file_sha256(gguf_path))
     return (str(converted), None) if converted is not None else (source.path, source.gguf_file)
 
 
@@ -343,19 +342,9 @@ def _revision_of(source: ModelSource, hf_model: Any, revision: str | None) -> st
         return commit or revision
     if source.kind in ("gguf", "embedded"):
         assert source.path is not None, source
-        return "sha256:" + gguf_sha256(Path(source.path) / str(source.gguf_file))
+        return "sha256:" + model_file_sha256(Path(source.path) / str(source.gguf_file))
     return commit
 
-
-def gguf_sha256(path: Path) -> str:
-    """sha256 of a model file, hashed once per process while its size and modification time stay the same."""
-    stat = path.stat()
-    return _hashed(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _hashed(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha256(Path(path))
 
 
 def load_model(
