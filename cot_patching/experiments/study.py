@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from cot_patching.runs.files import (
     file_sha256,
     read_json_file,
     read_jsonl_file,
+    truncate_fsynced,
     write_json,
 )
 from cot_patching.runs.pairing import LoadedPair
@@ -164,14 +164,6 @@ def _read_progress(out_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl_file(path)
 
 
-def _truncate(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size > size:
-        with open(path, "r+b") as handle:
-            handle.truncate(size)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
 def prepare_out_dir(out_dir: Path, definition: dict[str, Any], record: dict[str, Any], overwrite: bool,
                     attribution: bool) -> set[tuple[str, str]]:
     """Create or check the study directory; cut torn tails; the (pair, direction) units already done."""
@@ -204,7 +196,7 @@ def prepare_out_dir(out_dir: Path, definition: dict[str, Any], record: dict[str,
                 raise StudyError(f"{path} is shorter than progress.jsonl records: the study's files were changed "
                                  "by hand; use --overwrite to start again")
             atomic_write_text(path, header)
-        _truncate(path, recorded_size)
+        truncate_fsynced(path, recorded_size)
     return {(entry["pair_id"], entry["direction"]) for entry in progress}
 
 

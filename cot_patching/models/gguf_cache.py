@@ -26,7 +26,14 @@ from typing import Any
 
 import torch
 
-from cot_patching.runs.files import ArtifactError, file_sha256, fsync_directory, read_json_file, write_json
+from cot_patching.runs.files import (
+    ArtifactError,
+    file_sha256,
+    fsync_directory,
+    fsync_file,
+    read_json_file,
+    write_json,
+)
 
 CACHE_ENV = "COT_PATCHING_GGUF_CACHE"
 ENTRY_FILE = "entry.json"
@@ -108,7 +115,7 @@ def _convert(gguf_path: Path, gguf_sha256: str, entry: Path) -> Path:
         files = {}
         for path in sorted(staging.iterdir()):
             files[path.name] = file_sha256(path)
-            _fsync_file(path)
+            fsync_file(path)
         write_json(staging / ENTRY_FILE, {"format": ENTRY_FORMAT, "gguf_sha256": gguf_sha256, "gguf_file": name,
                                           "files": files})
         if entry.exists():  # a damaged entry (a sound one was returned before converting)
@@ -145,7 +152,3 @@ def _save_dequantized(hf_model: Any, tokenizer: Any, folder: Path) -> None:
     save_model(hf_model, str(folder / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(folder)
 
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())

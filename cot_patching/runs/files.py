@@ -82,11 +82,23 @@ def drop_torn_tail(path: Path) -> int:
     if not data or data.endswith(b"\n"):
         return 0
     keep = data.rfind(b"\n") + 1
-    with open(path, "r+b") as handle:
-        handle.truncate(keep)
-        handle.flush()
-        os.fsync(handle.fileno())
+    truncate_fsynced(path, keep)
     return len(data) - keep
+
+
+def truncate_fsynced(path: Path, size: int) -> None:
+    """Cut the file to `size` bytes, if it is longer, and fsync it."""
+    if path.exists() and path.stat().st_size > size:
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file that was written by another library (safetensors, tokenizers) to disk."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def append_fsynced(path: Path, text: str) -> int:
