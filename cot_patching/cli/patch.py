@@ -94,11 +94,11 @@ def patch_command(
 
 def kstar_steps(results: Path, pair_ids: list[str]) -> dict[str, int | None]:
     """Each pair's k* from the run's localization summary; a pair it did not localize is refused."""
-    from cot_patching.localization.outputs import SUMMARY_FILE
+    from cot_patching.runs.artifacts import LOCALIZATION_SUMMARY_FILE
     from cot_patching.runs.directory import RunDirectory
     from cot_patching.runs.files import ArtifactError, read_json_file
 
-    path = RunDirectory(results).localization_dir / SUMMARY_FILE
+    path = RunDirectory(results).localization_dir / LOCALIZATION_SUMMARY_FILE
     if not path.is_file():
         raise ArtifactError(f"--steps kstar needs {path}: run `cot-patching localize --results {results}`")
     per_pair = read_json_file(path, dict).get("per_pair") or {}

@@ -16,12 +16,10 @@ from cot_patching.localization.rollouts import (
     read_rollouts,
 )
 from cot_patching.localization.stats import Alternative, Estimate, ForkIndex, forking_index, localize
+from cot_patching.runs.artifacts import LOCALIZATION_FORKS_CSV, LOCALIZATION_STEPS_CSV, LOCALIZATION_SUMMARY_FILE
 from cot_patching.runs.files import atomic_write_text, write_json
 from cot_patching.runs.pairing import LoadedPair
 
-STEPS_CSV = "steps.csv"
-FORKS_CSV = "forks.csv"
-SUMMARY_FILE = "summary.json"
 STEP_COLUMNS = ["pair_id", "trace", "step", "prefix_len", "n", "correct", "unparsed", "p", "low", "high",
                 "importance", "kstar"]
 FORK_COLUMNS = ["pair_id", "step", "index", "token_id", "token_text", "prob", "actual", "n", "correct", "p", "low",
@@ -115,9 +113,9 @@ def summarize(run_pairs: Sequence[LoadedPair], out_dir: Path, max_new_tokens: in
         "kstar_is_first_step": sum(1 for s in kstars if s["kstar"] == 1),
         "per_pair": pairs_summary,
     }
-    atomic_write_text(out_dir / STEPS_CSV, _csv(STEP_COLUMNS, step_rows))
-    atomic_write_text(out_dir / FORKS_CSV, _csv(FORK_COLUMNS, fork_rows))
-    write_json(out_dir / SUMMARY_FILE, summary)
+    atomic_write_text(out_dir / LOCALIZATION_STEPS_CSV, _csv(STEP_COLUMNS, step_rows))
+    atomic_write_text(out_dir / LOCALIZATION_FORKS_CSV, _csv(FORK_COLUMNS, fork_rows))
+    write_json(out_dir / LOCALIZATION_SUMMARY_FILE, summary)
     if plots and curves_by_pair:
         write_curve_plots(curves_by_pair, out_dir)
     return summary

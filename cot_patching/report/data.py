@@ -115,7 +115,7 @@ class RunView:
 
 def read_localization(folder: Path) -> dict[str, dict[str, Any]]:
     """Per localized pair: k*, the forking index and both p_k curves ([step, p, low, high, n] rows)."""
-    steps, summary = folder / "steps.csv", folder / "summary.json"
+    steps, summary = folder / artifacts.LOCALIZATION_STEPS_CSV, folder / artifacts.LOCALIZATION_SUMMARY_FILE
     if not (steps.is_file() and summary.is_file()):
         return {}
     per_pair = read_json_file(summary, dict).get("per_pair") or {}

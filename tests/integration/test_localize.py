@@ -13,7 +13,8 @@ from helpers import MULTI_STEP_CORRECT, MULTI_STEP_WRONG, ScriptedSampler
 from cot_patching.cli import app
 from cot_patching.decoding.batched import BatchRow, sample_batch
 from cot_patching.decoding.sampling import DecodeConfig
-from cot_patching.localization.outputs import FORKS_CSV, STEPS_CSV, summarize
+from cot_patching.localization.outputs import summarize
+from cot_patching.runs.artifacts import LOCALIZATION_FORKS_CSV, LOCALIZATION_STEPS_CSV
 from cot_patching.localization.rollouts import (
     LocalizeError,
     LocalizeReport,
@@ -190,7 +191,7 @@ def test_adaptive_stopping_ends_a_prefix_once_its_interval_is_narrow(tiny, run, 
 def test_tables_summary_and_plots_come_from_the_records(tiny, run, localized):
     out, _ = localized
     summary = summarize(load_pairs(run), out, MAX_NEW, tiny.tokenizer)
-    rows = (out / STEPS_CSV).read_text().splitlines()
+    rows = (out / LOCALIZATION_STEPS_CSV).read_text().splitlines()
     assert rows[0].startswith("pair_id,trace,step,prefix_len,n,correct")
     assert len(rows) == 1 + 2 * 2 * 4  # 2 pairs x 2 traces x (k = 0..3)
     assert summary["rollouts"] == len(read_rollouts(out))
@@ -221,7 +222,7 @@ def test_forking_tokens_are_tried_at_indices_with_alternatives(tiny, run, tmp_pa
     fork = next(r for r in records if r["fork_token"] != record.token_ids[r["fork_index"]])
     assert fork["prefix_len"] == fork["fork_index"] + 1 and fork["tag"] == f"incorrect+{fork['fork_token']}"
     summarize(pairs, out, MAX_NEW, tiny.tokenizer, plots=False)
-    forks = (out / FORKS_CSV).read_text().splitlines()
+    forks = (out / LOCALIZATION_FORKS_CSV).read_text().splitlines()
     assert len(forks) == 1 + sum(len(entry["alternatives"]) for entry in plan[:2])
 
 
