@@ -32,7 +32,7 @@ def cache_activations_command(
     from cot_patching.cli.run_model import load_run_model
     from cot_patching.mining.settings import MineSettings
     from cot_patching.runs import artifacts
-    from cot_patching.runs.directory import load_pairs
+    from cot_patching.runs.directory import RunDirectory, load_pairs
     from cot_patching.runs.files import ArtifactError
     from cot_patching.runs.manifest import RunManifest
 
@@ -42,7 +42,8 @@ def cache_activations_command(
         pairs = load_pairs(root)  # fail on a broken results dir before loading a model
         if not pairs:
             raise ArtifactError(f"{root} has no pairs yet: nothing to cache (mine more, then rerun)")
-        artifacts.owned_cache_files(Path(out) if out else root / artifacts.ACTIVATIONS_DIR, [p.id for p in pairs])
+        cache_dir = Path(out) if out else RunDirectory(root).activations_dir
+        artifacts.owned_cache_files(cache_dir, [p.id for p in pairs])
         strict_format = MineSettings.recorded(manifest).strict_format
         recorded = manifest.model.to_json()
 
@@ -61,7 +62,7 @@ def cache_activations_command(
         found, loaded = load_run_model(root, model, device, backend)
         settings = cache_settings(loaded.info.n_layers, loaded.info.dtype)
         report = cache_activations(
-            loaded, root, Path(out) if out else root / "activations", settings,
+            loaded, root, cache_dir, settings,
             {**loaded.info.to_json(), "name": found.recorded_name},
             strict_format=strict_format, overwrite=overwrite,
             verify_hashes=verify_hashes, progress=progress, traces_per_forward=batch_traces,

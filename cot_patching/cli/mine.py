@@ -97,7 +97,6 @@ def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False
         throughput_line,
     )
     from cot_patching.problems import load_problems
-    from cot_patching.runs import artifacts
     from cot_patching.runs.directory import RunDirectory
     from cot_patching.runs.records import read_pairs
 
@@ -127,7 +126,7 @@ def run_devices(options: MineOptions, devices_text: str, overwrite: bool = False
     typer.echo(throughput_line(workers, elapsed))
     report = merge_shards(outdir, [str(w.outdir) for w in workers], problems_path=options.problems, argv=sys.argv)
     typer.echo(merged_summary_line(report) + f" -> {outdir}")
-    print_next_steps(outdir, read_pairs(outdir / artifacts.PAIRS_FILE))
+    print_next_steps(outdir, read_pairs(RunDirectory(outdir).pairs_path))
 
 
 def run_mine(options: MineOptions, overwrite: bool = False, progress: bool = True) -> None:
@@ -190,14 +189,13 @@ def print_summary(summary: dict[str, Any], options: MineOptions, backend: str, r
 
 def print_next_steps(outdir: Path, pairs: list[Any]) -> None:
     """Where the first pair is, its two final answers, and the commands that come next."""
-    from cot_patching.runs import artifacts
-    from cot_patching.runs.directory import load_pairs
+    from cot_patching.runs.directory import RunDirectory, load_pairs
 
     if not pairs:
         typer.echo(f"no pair yet in {outdir}: rerun the same command to resume, or give more problems / tries")
         return
     first = load_pairs(outdir)[0]
-    typer.echo(f"first pair: {first.id} (gold {first.pair.gold_answer}) in {outdir / artifacts.PAIRS_FILE}")
+    typer.echo(f"first pair: {first.id} (gold {first.pair.gold_answer}) in {RunDirectory(outdir).pairs_path}")
     for which in ("correct", "incorrect"):
         run = first.trace(which)
         typer.echo(f"  {which:9s} attempt {run.attempt} (T={run.temperature}): Final Answer {run.final_answer!r} "

@@ -21,11 +21,12 @@ def repair_command(
     from cot_patching.cli.run_model import run_tokenizer
     from cot_patching.mining.repair import repair_run
     from cot_patching.runs import artifacts
+    from cot_patching.runs.directory import RunDirectory
     from cot_patching.runs.files import ArtifactError
 
     with clear_errors():
         root = Path(outdir)
-        if not (root / artifacts.MANIFEST_FILE).is_file():
+        if not RunDirectory(root).manifest_path.is_file():
             raise ArtifactError(f"{root} has no {artifacts.MANIFEST_FILE}: not a mining output directory")
         tokenizer = run_tokenizer(root, model)
         report = repair_run(root, tokenizer)

@@ -20,6 +20,7 @@ def report_command(
 ) -> None:
     """Write RESULTS/report.html: summary, attempts, both traces of every pair side by side, caches, heatmaps."""
     from cot_patching.report import load_run_view, write_report
+    from cot_patching.runs.directory import RunDirectory
 
     with clear_errors():
         root = Path(results)
@@ -33,5 +34,5 @@ def report_command(
                 tokenizer = run_tokenizer(root, model)
             except (ModelLoadError, OSError) as err:
                 typer.echo(f"note: no tokenizer ({err}); traces are shown by steps, without token shading", err=True)
-        path = write_report(view, Path(out) if out else root / "report.html", tokenizer)
+        path = write_report(view, Path(out) if out else RunDirectory(root).report_path, tokenizer)
         typer.echo(f"wrote {path} ({path.stat().st_size} bytes; {len(view.pairs)} pairs, {len(view.runs)} attempts)")

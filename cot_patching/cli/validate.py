@@ -22,7 +22,7 @@ def validate_command(
     """Print each violation as FILE:LINE: message; exit 1 if there is any."""
     from cot_patching.cli.run_model import run_tokenizer, warn_version_drift
     from cot_patching.mining.validate import validate_outdir
-    from cot_patching.runs import artifacts
+    from cot_patching.runs.directory import RunDirectory
     from cot_patching.runs.files import ArtifactError
     from cot_patching.runs.records import read_runs
 
@@ -39,7 +39,7 @@ def validate_command(
         if math_verify:
             from cot_patching.mining.crosscheck import cross_check
 
-            runs = read_runs(root / artifacts.RUNS_FILE) if not violations else []
+            runs = read_runs(RunDirectory(root).runs_path) if not violations else []
             disagreements = cross_check(line.record for line in runs)
     for violation in violations:
         typer.echo(str(violation))
@@ -50,5 +50,5 @@ def validate_command(
     if violations:
         typer.echo(f"{len(violations)} violation(s) in {root}", err=True)
         raise typer.Exit(code=1)
-    n_runs = len(read_runs(root / artifacts.RUNS_FILE))
+    n_runs = len(read_runs(RunDirectory(root).runs_path))
     typer.echo(f"OK: {root} ({n_runs} runs) satisfies every checked invariant")

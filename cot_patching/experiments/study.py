@@ -37,7 +37,7 @@ from cot_patching.experiments.tables import (
 )
 from cot_patching.models.loading import LoadedModel
 from cot_patching.runs import artifacts
-from cot_patching.runs.directory import directory_lock, load_pairs
+from cot_patching.runs.directory import RunDirectory, directory_lock, load_pairs
 from cot_patching.runs.environment import environment_facts
 from cot_patching.runs.files import (
     ArtifactError,
@@ -55,7 +55,7 @@ from cot_patching.runs.progress import progress_bar
 
 SETTINGS_FILE = "settings.json"
 PROGRESS_FILE = "progress.jsonl"
-AGREEMENT_FILE = "agreement.json"
+AGREEMENT_FILE = artifacts.PATCHING_AGREEMENT_FILE
 PLOT_PREFIX = "heatmap_"
 STUDY_FILES = (SETTINGS_FILE, RESULTS_FILE, ATTRIBUTION_FILE, PROGRESS_FILE, AGREEMENT_FILE, artifacts.LOCK_FILE)
 
@@ -89,7 +89,7 @@ def select_pairs(pairs: Sequence[LoadedPair], wanted: Sequence[str] | None) -> l
 def study_definition(settings: SweepSettings, pair_ids: Sequence[str], attribution: bool,
                      model_info: dict[str, Any], results_dir: Path) -> dict[str, Any]:
     """The part of settings.json a rerun must match."""
-    pairs_file = results_dir / artifacts.PAIRS_FILE
+    pairs_file = RunDirectory(results_dir).pairs_path
     return {
         "definitions_version": DEFINITIONS_VERSION,
         "sweep": {**{k: v for k, v in asdict(settings).items() if k != "only_steps" or v is not None},

@@ -12,9 +12,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from cot_patching.runs import artifacts
 from cot_patching.runs.files import read_text_file
 
-RESULTS_FILE = "results.csv"
+RESULTS_FILE = artifacts.PATCHING_RESULTS_CSV
 ATTRIBUTION_FILE = "attribution.csv"
 RESULT_COLUMNS = ("pair_id", "direction", "hook", "layer", "alignment", "step_idx", "position", "n_positions",
                   "metric_recipient", "metric_source", "metric_patched", "normalized", "attribution")

@@ -20,7 +20,7 @@ from cot_patching.mining.settings import MineSettings
 from cot_patching.mining.sharding import parse_shard, shard_index
 from cot_patching.problems import load_problems
 from cot_patching.runs import artifacts
-from cot_patching.runs.directory import directory_lock
+from cot_patching.runs.directory import RunDirectory, directory_lock
 from cot_patching.runs.files import ArtifactError, atomic_write_bytes
 from cot_patching.runs.manifest import RunManifest, Session
 from cot_patching.runs.records import RunLine, RunRecord
@@ -61,7 +61,7 @@ class MergeReport:
 def read_shard(path: Path) -> ShardRun:
     """A shard directory's manifest and runs (raw line bytes kept)."""
     path = Path(path)
-    where = path / artifacts.MANIFEST_FILE
+    where = RunDirectory(path).manifest_path
     try:
         manifest = RunManifest.load(path)
     except ArtifactError as err:
@@ -85,7 +85,7 @@ def read_shard(path: Path) -> ShardRun:
         raise MiningError(f"{where}: {err}") from None
     lines = read_runs_or_explain(path)
     raw: dict[tuple[str, int], bytes] = {}
-    with open(path / artifacts.RUNS_FILE, "rb") as handle:
+    with open(RunDirectory(path).runs_path, "rb") as handle:
         data = handle.read()
     for line in lines:
         end = data.index(b"\n", line.offset) + 1
@@ -202,7 +202,7 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
     with directory_lock(out):
         _check_merge_target(out, shards)
         artifacts.remove_stale_temporaries(out)
-        atomic_write_bytes(out / artifacts.RUNS_FILE, b"".join(chosen))
+        atomic_write_bytes(RunDirectory(out).runs_path, b"".join(chosen))
         offsets, position = [], 0
         for raw in chosen:
             offsets.append(position)
@@ -225,7 +225,7 @@ def merge_shards(out: str | Path, shard_dirs: Sequence[str | Path], problems_pat
 
 def _check_merge_target(out: Path, shards: Sequence[ShardRun]) -> None:
     """Refuse an `out` that is not new and not an earlier merge of these same shards (nothing is written)."""
-    manifest_path = out / artifacts.MANIFEST_FILE
+    manifest_path = RunDirectory(out).manifest_path
     if not manifest_path.exists():
         held = [name for name in artifacts.RUN_FILES if (out / name).exists()]
         if held:

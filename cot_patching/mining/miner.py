@@ -86,8 +86,8 @@ def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool, model_re
     if overwrite:
         owned_run_files(outdir)  # refuses, before anything is deleted, an activations folder with foreign files
         return
-    runs_path = outdir / artifacts.RUNS_FILE
-    if (outdir / artifacts.MANIFEST_FILE).exists():
+    runs_path = RunDirectory(outdir).runs_path
+    if (RunDirectory(outdir).manifest_path).exists():
         manifest = RunManifest.load(outdir)
         recorded = manifest.settings
         mined_revision = manifest.model.revision
@@ -120,10 +120,10 @@ def owned_run_files(outdir: Path) -> list[Path]:
     """The files `--overwrite` removes: the run's own and those of its activation cache (only files the cache
     wrote; a cache folder holding anything else is refused)."""
     try:
-        pair_ids = [pair.id for pair in read_pairs(outdir / artifacts.PAIRS_FILE)]
+        pair_ids = [pair.id for pair in read_pairs(RunDirectory(outdir).pairs_path)]
     except (ValueError, TypeError):
         pair_ids = []
-    cache = artifacts.owned_cache_files(outdir / artifacts.ACTIVATIONS_DIR, pair_ids)
+    cache = artifacts.owned_cache_files(RunDirectory(outdir).activations_dir, pair_ids)
     return [outdir / name for name in RUN_FILES if (outdir / name).is_file()] + cache
 
 
@@ -131,7 +131,7 @@ def clear_outdir(outdir: Path) -> None:
     """Remove a previous run's files and its activation cache's (for `--overwrite`); nothing else."""
     for path in owned_run_files(outdir):
         path.unlink(missing_ok=True)
-    cache = outdir / artifacts.ACTIVATIONS_DIR
+    cache = RunDirectory(outdir).activations_dir
     if cache.is_dir() and not any(cache.iterdir()):
         cache.rmdir()
 
@@ -417,7 +417,7 @@ def failed_attempt(
 
 def _record_session(outdir: Path, session: dict[str, Any], settings: MineSettings) -> None:
     """Write the manifest on the first call; later (resumed) calls append their session to it."""
-    if (outdir / artifacts.MANIFEST_FILE).exists():
+    if (RunDirectory(outdir).manifest_path).exists():
         manifest = RunManifest.load(outdir)
     else:
         manifest = RunManifest(settings=settings.to_json(), model=ModelIdentity.from_json(session.get("model")))

@@ -18,7 +18,7 @@ from typing import Any
 
 from cot_patching.mining.settings import MineSettings
 from cot_patching.runs import artifacts
-from cot_patching.runs.directory import directory_lock
+from cot_patching.runs.directory import RunDirectory, directory_lock
 from cot_patching.runs.environment import environment_facts
 from cot_patching.runs.files import ArtifactError, append_fsynced, atomic_write_text, drop_torn_tail
 from cot_patching.runs.manifest import RunManifest
@@ -72,7 +72,7 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
     manifest = RunManifest.load(root)
     settings = MineSettings.recorded(manifest)
     strict, pair_unparsed, schedule = settings.strict_format, settings.pair_unparsed, settings.schedule
-    runs_path = root / artifacts.RUNS_FILE
+    runs_path = RunDirectory(root).runs_path
     with directory_lock(root):
         drop_torn_tail(runs_path)
         lines, damaged = _read_lines(runs_path)
@@ -111,7 +111,7 @@ def repair_run(outdir: str | Path, tokenizer: Any, argv: list[str] | None = None
         # Crash safety: the set-aside lines, then the repair's record (marked incomplete), then the rewrite. A rerun
         # after a kill finds the incomplete record, keeps what it says changed (the rewritten runs.jsonl would
         # show no change) and finishes the writes, which give the same files again.
-        _append_set_aside(root / artifacts.SET_ASIDE_FILE, aside)
+        _append_set_aside(RunDirectory(root).set_aside_path, aside)
         repairs = list(manifest.repairs)
         if repairs and isinstance(repairs[-1], dict) and repairs[-1].get("complete") is False:
             entry = repairs[-1]

@@ -10,6 +10,7 @@ from typing import Any
 from cot_patching.decoding.batched import BatchLayout
 from cot_patching.decoding.sampling import attempt_seed, temperature_schedule
 from cot_patching.runs import artifacts
+from cot_patching.runs.directory import RunDirectory
 from cot_patching.runs.files import ArtifactError
 from cot_patching.runs.manifest import RunManifest
 from cot_patching.runs.pairing import build_pairs, group_by_problem, steps_selected
@@ -69,7 +70,7 @@ def validate_outdir(outdir: str | Path, tokenizer: Any | None = None) -> list[Vi
 
 def _check_set_aside(root: Path) -> list[Violation]:
     """runs.set-aside.jsonl (written by repair): whole lines, each a JSON object with its reason and what it holds."""
-    path = root / artifacts.SET_ASIDE_FILE
+    path = RunDirectory(root).set_aside_path
     if not path.is_file():
         return []
     data = path.read_bytes()
@@ -99,7 +100,7 @@ def _read_manifest(root: Path, found: list[Violation]) -> RunManifest | None:
 
 
 def _read_runs(root: Path, found: list[Violation]) -> list[RunLine]:
-    path = root / artifacts.RUNS_FILE
+    path = RunDirectory(root).runs_path
     if not path.is_file():
         found.append(Violation(artifacts.RUNS_FILE, 0, "missing"))
         return []
@@ -275,7 +276,7 @@ def _check_attempt_order(runs: list[RunLine], settings: dict[str, Any]) -> list[
 
 def _check_pairs(root: Path, runs: list[RunLine], settings: dict[str, Any],
                  found: list[Violation]) -> list[PairRecord]:
-    path = root / artifacts.PAIRS_FILE
+    path = RunDirectory(root).pairs_path
     if not path.is_file():
         found.append(Violation(artifacts.PAIRS_FILE, 0, "missing"))
         return []
@@ -347,7 +348,7 @@ def _check_pair(pair: PairRecord, number: int, by_offset: dict[int, RunRecord], 
 
 def _check_derived(root: Path, runs: list[RunLine], pairs: list[PairRecord]) -> list[Violation]:
     out = []
-    csv_path = root / artifacts.PAIRS_CSV
+    csv_path = RunDirectory(root).pairs_csv_path
     if not csv_path.is_file():
         out.append(Violation(artifacts.PAIRS_CSV, 0, "missing"))
     else:
@@ -358,7 +359,7 @@ def _check_derived(root: Path, runs: list[RunLine], pairs: list[PairRecord]) -> 
             got = actual[number] if number < len(actual) else None
             if want != got:
                 out.append(Violation(artifacts.PAIRS_CSV, number + 1, f"{got!r}, pairs.jsonl gives {want!r}"))
-    summary_path = root / artifacts.SUMMARY_FILE
+    summary_path = RunDirectory(root).summary_path
     if not summary_path.is_file():
         out.append(Violation(artifacts.SUMMARY_FILE, 0, "missing"))
         return out

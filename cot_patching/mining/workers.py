@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cot_patching.mining.sharding import Shard
-from cot_patching.runs import artifacts
 from cot_patching.runs.directory import RunDirectory
 
 
@@ -61,7 +60,7 @@ class Worker:
 
     def poll_files(self) -> None:
         """Read the runs appended since the last poll (complete lines only)."""
-        path = self.outdir / artifacts.RUNS_FILE
+        path = RunDirectory(self.outdir).runs_path
         if not path.is_file():
             return
         with open(path, "rb") as handle:
@@ -80,7 +79,7 @@ class Worker:
 
     def pairs(self) -> int:
         """Pairs this shard has found so far."""
-        path = self.outdir / artifacts.PAIRS_FILE
+        path = RunDirectory(self.outdir).pairs_path
         return path.read_bytes().count(b"\n") if path.is_file() else 0
 
 

@@ -133,22 +133,22 @@ def load_run_view(root: str | Path) -> RunView:
     """Read a run directory (and its activation cache and patching study, if present) for the report."""
     root = Path(root)
     manifest = RunManifest.load(root)
-    summary_path = root / artifacts.SUMMARY_FILE
+    summary_path = RunDirectory(root).summary_path
     summary = read_json_file(summary_path, dict) if summary_path.is_file() else {}
-    runs = [line.record for line in read_runs(root / artifacts.RUNS_FILE)]
-    pairs = load_pairs(root) if (root / artifacts.PAIRS_FILE).is_file() else []
+    runs = [line.record for line in read_runs(RunDirectory(root).runs_path)]
+    pairs = load_pairs(root) if (RunDirectory(root).pairs_path).is_file() else []
     view = RunView(root, manifest, summary, runs, pairs)
-    cache = root / artifacts.ACTIVATIONS_DIR
+    cache = RunDirectory(root).activations_dir
     index = cache / artifacts.CACHE_INDEX_FILE
     if index.is_file():
         view.activation_index = [entry for entry in read_jsonl_file(index) if isinstance(entry, dict)]
         config = cache / artifacts.CACHE_CONFIG_FILE
         view.activation_config = read_json_file(config, dict) if config.is_file() else {}
     study = RunDirectory(root).patching_dir
-    if (study / "results.csv").is_file():
-        view.patching_rows = list(csv.DictReader(io.StringIO(read_text_file(study / "results.csv"),
+    if (study / artifacts.PATCHING_RESULTS_CSV).is_file():
+        view.patching_rows = list(csv.DictReader(io.StringIO(read_text_file(study / artifacts.PATCHING_RESULTS_CSV),
                                                              newline="")))
-        agreement = study / "agreement.json"
+        agreement = study / artifacts.PATCHING_AGREEMENT_FILE
         view.patching_agreement = read_json_file(agreement, dict) if agreement.is_file() else {}
         view.heatmaps = sorted(study.glob("heatmap_*.png"))
     view.localization = read_localization(RunDirectory(root).localization_dir)

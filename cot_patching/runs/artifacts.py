@@ -20,6 +20,8 @@ LOCK_FILE = ".lock"
 SET_ASIDE_FILE = "runs.set-aside.jsonl"
 ACTIVATIONS_DIR = "activations"
 PATCHING_DIR = "patching"  # `cot-patching patch`: the study's results.csv, settings, heatmaps
+PATCHING_RESULTS_CSV = "results.csv"  # one row per (pair, direction, layer, step) cell
+PATCHING_AGREEMENT_FILE = "agreement.json"  # patching against attribution patching
 LOCALIZATION_DIR = "localization"  # `cot-patching localize`: rollouts.jsonl, steps.csv, forks.csv, summary.json
 LOCALIZATION_STEPS_CSV = "steps.csv"  # p_k per step of each trace, with Wilson intervals and k*
 LOCALIZATION_FORKS_CSV = "forks.csv"  # per forking token: its rollouts and score
@@ -27,6 +29,7 @@ LOCALIZATION_SUMMARY_FILE = "summary.json"  # per pair: k*, the forking index
 SHARDS_DIR = "shards"  # `mine --devices`: one shard run per worker, and its log
 CACHE_INDEX_FILE = "index.jsonl"
 CACHE_CONFIG_FILE = "cache_config.json"
+REPORT_FILE = "report.html"  # `cot-patching report`, by default
 RUN_FILES = (RUNS_FILE, PAIRS_FILE, PAIRS_CSV, SUMMARY_FILE)  # what mine and merge write beside the manifest
 
 

@@ -24,7 +24,9 @@ from cot_patching.runs.artifacts import (
     PAIRS_CSV,
     PAIRS_FILE,
     PATCHING_DIR,
+    REPORT_FILE,
     RUNS_FILE,
+    SET_ASIDE_FILE,
     SHARDS_DIR,
     SUMMARY_FILE,
 )
@@ -98,11 +100,13 @@ class RunDirectory:
     pairs_path = property(lambda self: self.root / PAIRS_FILE, doc="pairs.jsonl: one record per pair")
     pairs_csv_path = property(lambda self: self.root / PAIRS_CSV, doc="pairs_summary.csv")
     summary_path = property(lambda self: self.root / SUMMARY_FILE, doc="summary.json")
+    set_aside_path = property(lambda self: self.root / SET_ASIDE_FILE, doc="runs.set-aside.jsonl: what repair set aside")
     manifest_path = property(lambda self: self.root / MANIFEST_FILE, doc="manifest.json: settings and sessions")
     activations_dir = property(lambda self: self.root / ACTIVATIONS_DIR,
                                doc="where cache-activations writes by default")
     patching_dir = property(lambda self: self.root / PATCHING_DIR, doc="where patch writes by default")
     localization_dir = property(lambda self: self.root / LOCALIZATION_DIR, doc="where localize writes by default")
+    report_path = property(lambda self: self.root / REPORT_FILE, doc="where report writes by default")
     shards_dir = property(lambda self: self.root / SHARDS_DIR, doc="mine --devices: one shard run per worker")
 
     def is_run(self) -> bool:

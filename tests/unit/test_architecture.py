@@ -67,3 +67,30 @@ def test_mypy_passes():
     result = subprocess.run([sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success: no issues found" in result.stdout
+
+
+RUN_FILE_NAMES = ("RUNS_FILE", "PAIRS_FILE", "PAIRS_CSV", "SUMMARY_FILE", "MANIFEST_FILE", "SET_ASIDE_FILE",
+                  "LOCK_FILE", "ACTIVATIONS_DIR", "PATCHING_DIR", "LOCALIZATION_DIR", "SHARDS_DIR", "REPORT_FILE")
+RUN_FILE_LITERALS = ("runs.jsonl", "pairs.jsonl", "pairs_summary.csv", "manifest.json", "runs.set-aside.jsonl",
+                     "activations", "patching", "localization", "shards", "report.html")
+
+
+def hand_joined_run_paths(source: str) -> list[str]:
+    """Lines that join a run's own file or folder onto a directory instead of asking RunDirectory for it."""
+    import re
+
+    joined = re.compile(r"/\s*(artifacts\.(%s)\b|\"(%s)\")" % ("|".join(RUN_FILE_NAMES),
+                                                               "|".join(map(re.escape, RUN_FILE_LITERALS))))
+    return [line.strip() for line in source.splitlines() if joined.search(line)]
+
+
+def test_only_runs_joins_a_runs_paths():
+    offenders = []
+    for path in sorted((REPO / "cot_patching").rglob("*.py")):
+        if path.parent.name != "runs":
+            offenders += [f"{path.relative_to(REPO)}: {line}" for line in hand_joined_run_paths(path.read_text("utf-8"))]
+    assert not offenders, "ask RunDirectory for these paths:\n" + "\n".join(offenders)
+    # negative controls: both spellings of a hand-joined path are caught, a file of a study's own folder is not
+    assert hand_joined_run_paths('x = root / artifacts.PAIRS_FILE\ny = out / "report.html"') == [
+        "x = root / artifacts.PAIRS_FILE", 'y = out / "report.html"']
+    assert hand_joined_run_paths("study / artifacts.PATCHING_RESULTS_CSV") == []
