@@ -96,12 +96,6 @@ def _validate_item(path: Path, index: int, item: Any) -> Problem:
     )
 
 
-def write_problems(problems: Iterable[Problem], path: str | Path) -> None:
-    """Write problems as an indented JSON list."""
-    text = json.dumps([p.to_json() for p in problems], indent=2, ensure_ascii=False)
-    Path(path).write_text(text + "\n", encoding="utf-8")
-
-
 def gsm8k_gold(answer: str) -> str | None:
     """The numeric gold of a GSM8K answer (`#### N`, commas removed), or None."""
     match = re.search(r"####\s*(.+?)\s*$", answer.strip())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import typer
 
@@ -25,8 +26,8 @@ def build_sample_command(
         read_gsm8k,
         read_svamp,
         stratified_sample,
-        write_problems,
     )
+    from cot_patching.runs.files import write_json
 
     with clear_errors():
         if n < 1 or skip < 0:
@@ -50,7 +51,7 @@ def build_sample_command(
         if len(sample) < n:
             typer.echo(f"warning: the {source} pool has {len(pool)} problems: {len(sample)} left after --skip {skip}",
                        err=True)
-        write_problems(sample, out)
+        write_json(Path(out), [p.to_json() for p in sample])  # atomic: a kill leaves the old file or the new
         counts = {b: sum(1 for p in sample if p.difficulty == b) for b in buckets}
         typer.echo(f"wrote {len(sample)} {source} problems to {out}"
                    + (" (" + ", ".join(f"{b} steps: {c}" for b, c in counts.items()) + ")" if buckets else ""))

@@ -87,7 +87,7 @@ def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool, model_re
         owned_run_files(outdir)  # refuses, before anything is deleted, an activations folder with foreign files
         return
     runs_path = RunDirectory(outdir).runs_path
-    if (RunDirectory(outdir).manifest_path).exists():
+    if RunDirectory(outdir).manifest_path.exists():
         manifest = RunManifest.load(outdir)
         recorded = manifest.settings
         mined_revision = manifest.model.revision
@@ -264,7 +264,7 @@ def _mine_in_groups(
     formed again on resume, its written attempts are decoded again and checked identical, and the rest appended.
     """
     schedule, size = settings.schedule, settings.batch_size
-    revision = getattr(getattr(model, "info", None), "revision", None)
+    revision = _loaded_revision(model)
     held_lines = {line.record.id: line for line in unfinished_group(runs)}
     group_number = max((line.record.batch["group"] for line in runs if line.record.batch is not None), default=-1)
     group_number = group_number if held_lines else group_number + 1
@@ -350,6 +350,7 @@ def run_attempt(
 
 
 def _loaded_revision(model: LoadedModel) -> str | None:
+    """The revision of the model actually loaded (None for a model without one)."""
     return getattr(getattr(model, "info", None), "revision", None)
 
 
@@ -380,7 +381,7 @@ def attempt_record(
         finish_reason=generation.finish_reason,
         gold_answer=problem.gold_answer,
         chat_template_applied=prompt.chat_template_applied,
-        model_revision=getattr(getattr(model, "info", None), "revision", None),
+        model_revision=_loaded_revision(model),
         token_logprobs=[round(x, 6) for x in generation.token_logprobs],
         batch=None if batch is None else batch.to_json(),
         **trace.record_fields(),
@@ -417,7 +418,7 @@ def failed_attempt(
 
 def _record_session(outdir: Path, session: dict[str, Any], settings: MineSettings) -> None:
     """Write the manifest on the first call; later (resumed) calls append their session to it."""
-    if (RunDirectory(outdir).manifest_path).exists():
+    if RunDirectory(outdir).manifest_path.exists():
         manifest = RunManifest.load(outdir)
     else:
         manifest = RunManifest(settings=settings.to_json(), model=ModelIdentity.from_json(session.get("model")))

@@ -22,7 +22,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder, fsync and rename (a failure leaves no temp)."""
     path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # its message would name the temp file, not the file the user asked for
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror}; it is unchanged") from None
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
@@ -112,6 +115,32 @@ def append_fsynced(path: Path, text: str) -> int:
             return os.fstat(handle.fileno()).st_size
     except OSError as err:
         raise OSError(err.errno, f"cannot append to {path}: {err.strerror}") from None
+
+
+class FsyncedAppender:
+    """An append-only file held open: each write lands whole on disk (fsynced) before its byte offset is returned."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._handle = open(self.path, "ab")
+
+    def append_bytes(self, data: bytes) -> int:
+        """Append `data`, fsync, and return the offset it starts at."""
+        offset = self._handle.seek(0, os.SEEK_END)
+        self._handle.write(data)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        return offset
+
+    def close(self) -> None:
+        """Close the file."""
+        self._handle.close()
+
+    def __enter__(self) -> FsyncedAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def read_text_file(path: Path) -> str:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from cot_patching.runs.files import ArtifactError
+from cot_patching.runs.files import ArtifactError, FsyncedAppender
 
 
 @dataclass
@@ -120,30 +119,15 @@ class PairRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-class RunsAppender:
+class RunsAppender(FsyncedAppender):
     """Appends complete, fsynced lines to runs.jsonl and returns each line's byte offset."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._handle = open(self.path, "ab")
 
     def append(self, record: RunRecord) -> int:
         """Write one record as a whole line, flushed to disk before returning its offset."""
-        offset = self._handle.seek(0, os.SEEK_END)
-        self._handle.write(record.to_line())
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        return offset
-
-    def close(self) -> None:
-        """Close the file."""
-        self._handle.close()
+        return self.append_bytes(record.to_line())
 
     def __enter__(self) -> RunsAppender:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)

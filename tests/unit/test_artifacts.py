@@ -52,6 +52,12 @@ def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)
 
 
+def test_an_atomic_write_into_a_missing_folder_names_the_file_asked_for_not_its_temp(tmp_path):
+    with pytest.raises(OSError, match=r"cannot write .*missing/summary\.json: ") as caught:
+        atomic_write_text(tmp_path / "missing" / "summary.json", "new")
+    assert ".tmp" not in str(caught.value) and not (tmp_path / "missing").exists()
+
+
 def test_find_pair_needs_a_parsed_incorrect_attempt():
     attempts = [_record(parse_ok=False), _record(correct=True), _record()]
     assert find_pair(attempts) == (1, 2)

@@ -74,7 +74,8 @@ def test_committed_sample_is_the_deterministic_sample():
 
 
 def test_a_stratified_sample_is_balanced_in_every_prefix_and_records_gold_steps(tmp_path):
-    from cot_patching.problems import load_problems, read_gsm8k, stratified_sample, write_problems
+    from cot_patching.problems import load_problems, read_gsm8k, stratified_sample
+    from cot_patching.runs.files import write_json
 
     pool = read_gsm8k("test")
     assert all(p.gold_steps is not None for p in pool)
@@ -83,7 +84,7 @@ def test_a_stratified_sample_is_balanced_in_every_prefix_and_records_gold_steps(
     assert [p.difficulty for p in sample[:8]] == ["2", "3", "4", "5+"] * 2
     assert len({p.id for p in sample}) == 40 and stratified_sample(pool, 40, ["2", "3", "4", "5+"]) == sample
     path = tmp_path / "problems.json"
-    write_problems(sample, path)
+    write_json(path, [p.to_json() for p in sample])
     assert [p.gold_steps for p in load_problems(path)] == [p.gold_steps for p in sample]
     no_steps = [p.__class__(p.id, p.question, p.gold_answer) for p in pool[:3]]
     with pytest.raises(ValueError, match="gold_steps"):
