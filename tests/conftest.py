@@ -152,10 +152,12 @@ def _builds_models(module_path: Path) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that builds a TransformerLens model `transformer_lens`."""
+    """Mark every test that builds a TransformerLens model `transformer_lens` and `slow` (the quick loop skips it)."""
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or _builds_models(Path(str(item.path))):
             item.add_marker(pytest.mark.transformer_lens)
+        if item.get_closest_marker("transformer_lens") is not None:  # by this rule or by its own decorator
+            item.add_marker(pytest.mark.slow)
 
 
 def _model_constructors() -> list[tuple[Any, str]]:

@@ -13,7 +13,6 @@ ROOT = Path(__file__).resolve().parents[2]
 NEEDED = ("slurmctld", "slurmd", "sbatch", "munged")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(any(shutil.which(tool) is None for tool in NEEDED) or os.geteuid() != 0,
                     reason="needs root and Debian's slurm-wlm + munge (apt-get install slurm-wlm munge)")
 def test_slurm_array_of_shards_merges_to_the_single_process_run(tmp_path):

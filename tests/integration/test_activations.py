@@ -129,7 +129,6 @@ def test_results_dir_without_pairs_is_an_error(tmp_path):
         load_pairs(tmp_path)
 
 
-@pytest.mark.slow
 def test_embedded_model_cache_matches_fresh_run(embedded, tmp_path):
     results = tmp_path / "results"
     mine_scripted_pairs(embedded, results, n=1)

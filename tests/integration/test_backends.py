@@ -176,7 +176,6 @@ def test_hooked_refuses_weights_stored_quantized(smollm2_tokenizer):
 
 
 @needs_hooked
-@pytest.mark.slow
 def test_embedded_gguf_loads_on_hooked_and_matches_hf(embedded):
     """The GGUF's dequantized weights pass TransformerLens' quantization check; the HF config is left intact."""
     from cot_patching.models.loading import load_hf_model, resolve_model
@@ -189,7 +188,6 @@ def test_embedded_gguf_loads_on_hooked_and_matches_hf(embedded):
 
 
 @needs_both
-@pytest.mark.slow
 def test_embedded_greedy_traces_agree_between_backends(embedded):
     """Greedy decoding of the embedded model, on both backends, for the first sample problems."""
     models = {b: embedded if embedded.info.backend == b else load_model(EMBEDDED, device="cpu", backend=b)

@@ -18,7 +18,7 @@ from cot_patching.decoding.sampling import DecodeConfig, sample
 from cot_patching.models.backends import BRIDGE
 from cot_patching.models.loading import CacheCheckError, LoadedModel, check_kv_cache, load_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.canary]
+pytestmark = pytest.mark.canary
 MODELS = ["embedded", pytest.param("qwen2.5-coder-0.5b", marks=pytest.mark.skipif(
     not QWEN_GGUF.is_file(), reason="scripts/fetch_qwen_coder_gguf.sh not run"))]
 

@@ -77,7 +77,6 @@ def test_stop_ids_include_end_of_turn(llama3_tokenizer, smollm2_tokenizer):
     assert smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(smollm2_tokenizer)
 
 
-@pytest.mark.slow
 def test_embedded_model_loads_and_the_bridge_matches_hf_logits_exactly(embedded):
     assert embedded.info.source == "embedded" and embedded.info.dtype == "float32"
     assert embedded.info.revision.startswith("sha256:")

@@ -41,7 +41,6 @@ def test_replay_detects_a_wrong_seed(tiny, mined):
     assert not replay_attempt(tiny, dataclasses.replace(record, seed=record.seed + 1)).match
 
 
-@pytest.mark.slow
 def test_embedded_model_replays_exactly(embedded, tmp_path):
     settings = MineSettings(model="embedded", problems_sha256="x", max_tries=2, max_new_tokens=24)
     mine(PROBLEMS, embedded, settings, tmp_path, progress=False)

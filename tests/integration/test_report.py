@@ -126,7 +126,6 @@ def test_headless_chromium_renders_the_pair_viewer(tiny, small_run, hostile_run,
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom  # the hostile id, as text
 
 
-@pytest.mark.slow
 def test_report_of_a_real_embedded_model_run(embedded, tmp_path):
     """A run really mined by the embedded SmolLM2 (no scripted sampler) renders, every attempt in the table."""
     problems = [Problem("p0", "Tom has 3 apples and buys 4 more. How many apples does he have?", "7")]

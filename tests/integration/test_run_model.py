@@ -14,7 +14,6 @@ from cot_patching.models.loading import EMBEDDED_FILE, embedded_model_dir
 runner = CliRunner()
 
 
-@pytest.mark.slow
 @pytest.mark.transformer_lens  # mines with the embedded model through the CLI
 def test_reproduce_with_a_moved_model_from_another_directory(tmp_path, monkeypatch):
     work = tmp_path / "work"

@@ -27,3 +27,11 @@ def test_modules_that_start_model_processes_are_marked_and_scripted_ones_are_not
     assert _builds_models(TESTS / "integration" / "test_backends.py")  # builds models in process
     assert not _builds_models(TESTS / "acceptance" / "test_kill_campaign.py")  # scripted decoders only
     assert not _builds_models(TESTS / "unit" / "test_lock.py")
+
+
+def test_the_quick_loop_skips_exactly_the_tests_that_build_a_model(request):
+    items = request.session.items
+    marked = {item.nodeid for item in items if item.get_closest_marker("transformer_lens")}
+    slow = {item.nodeid for item in items if item.get_closest_marker("slow")}
+    assert slow == marked
+    assert request.node.nodeid not in slow  # this test builds nothing: it is in the quick loop
