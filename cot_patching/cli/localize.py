@@ -43,13 +43,8 @@ def localize_command(
     from cot_patching.cli.run_model import load_run_model
     from cot_patching.experiments.study import select_pairs
     from cot_patching.localization.outputs import summarize
-    from cot_patching.localization.rollouts import (
-        LocalizeSettings,
-        localize_run,
-        read_rollouts,
-        rounds_for,
-        verify_rollouts,
-    )
+    from cot_patching.localization.rollouts import localize_run, read_rollouts, verify_rollouts
+    from cot_patching.localization.settings import LocalizeSettings, rounds_for
     from cot_patching.mining.settings import MineSettings
     from cot_patching.runs.directory import RunDirectory, check_not_locked, load_pairs
     from cot_patching.runs.files import ArtifactError

@@ -16,9 +16,7 @@ from cot_patching.decoding.sampling import DecodeConfig
 from cot_patching.localization.outputs import summarize
 from cot_patching.runs.artifacts import LOCALIZATION_FORKS_CSV, LOCALIZATION_STEPS_CSV
 from cot_patching.localization.rollouts import (
-    LocalizeError,
     LocalizeReport,
-    LocalizeSettings,
     fork_plan,
     fork_prefixes,
     label_of,
@@ -31,6 +29,7 @@ from cot_patching.localization.rollouts import (
     step_prefixes,
     verify_rollouts,
 )
+from cot_patching.localization.settings import LocalizeError, LocalizeSettings
 from cot_patching.localization.stats import wilson_interval
 from cot_patching.mining.miner import mine
 from cot_patching.mining.settings import MineSettings

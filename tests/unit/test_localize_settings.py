@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cot_patching.localization.rollouts import LocalizeError, LocalizeSettings, reconcile, rounds_for, still_open
+from cot_patching.localization.settings import LocalizeError, LocalizeSettings, reconcile, rounds_for, still_open
 from cot_patching.localization.stats import Estimate
 
 
