@@ -93,8 +93,6 @@ def still_open(estimate: Estimate | None, stop_width: float | None) -> bool:
     return (high - low) / 2 > stop_width
 
 
-
-
 EXTENDABLE = ("rollouts", "rounds", "stop_width", "fork_rollouts", "fork_threshold")
 
 
@@ -131,12 +129,12 @@ def reconcile(recorded: LocalizeSettings, wanted: LocalizeSettings, forks_begun:
     return replace(wanted, rounds=rounds)
 
 
-def check_settings(out_dir: Path, settings: LocalizeSettings, model_identity: dict[str, Any],
+def check_settings(out_dir: Path, settings: LocalizeSettings, identity: dict[str, Any],
                    pair_ids: Sequence[str]) -> tuple[dict[str, Any], LocalizeSettings]:
     """Refuse a localization folder written with other settings, pairs or model; the settings record to keep and
     the settings to go on with (the recorded ones, or those extended as `reconcile` allows)."""
     path = out_dir / SETTINGS_FILE
-    wanted: dict[str, Any] = {"pairs": list(pair_ids), "model": model_identity}
+    wanted: dict[str, Any] = {"pairs": list(pair_ids), "model": identity}
     if not path.exists():
         if any(out_dir.glob(f"{ROLLOUTS_PREFIX}*.jsonl")):
             raise LocalizeError(f"{out_dir} holds rollouts but no {SETTINGS_FILE}: not a localization of ours; "

@@ -86,9 +86,9 @@ def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool, model_re
     if overwrite:
         owned_run_files(outdir)  # refuses, before anything is deleted, an activations folder with foreign files
         return
-    runs_path = RunDirectory(outdir).runs_path
-    if RunDirectory(outdir).manifest_path.exists():
-        manifest = RunManifest.load(outdir)
+    run = RunDirectory(outdir)
+    if run.manifest_path.exists():
+        manifest = run.manifest()
         recorded = manifest.settings
         mined_revision = manifest.model.revision
         if model_revision and mined_revision and model_revision != mined_revision:
@@ -106,7 +106,7 @@ def check_outdir(outdir: Path, settings: MineSettings, overwrite: bool, model_re
                     f"{outdir} was mined with different settings: {key} is {recorded.get(key)!r} there, "
                     f"{value!r} now; use a new --outdir or pass --overwrite"
                 )
-    elif runs_path.exists() and runs_path.stat().st_size > 0:
+    elif run.runs_path.exists() and run.runs_path.stat().st_size > 0:
         raise MiningError(f"{outdir} has {artifacts.RUNS_FILE} but no {artifacts.MANIFEST_FILE}; "
                           "use a new --outdir or pass --overwrite")
     read_runs_or_explain(outdir)
@@ -418,8 +418,9 @@ def failed_attempt(
 
 def _record_session(outdir: Path, session: dict[str, Any], settings: MineSettings) -> None:
     """Write the manifest on the first call; later (resumed) calls append their session to it."""
-    if RunDirectory(outdir).manifest_path.exists():
-        manifest = RunManifest.load(outdir)
+    run = RunDirectory(outdir)
+    if run.manifest_path.exists():
+        manifest = run.manifest()
     else:
         manifest = RunManifest(settings=settings.to_json(), model=ModelIdentity.from_json(session.get("model")))
     replace(manifest, sessions=(*manifest.sessions, Session.from_json(session))).save(outdir)

@@ -22,11 +22,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder, fsync and rename (a failure leaves no temp)."""
     path = Path(path)
+    tmp = ""  # none yet: a failed mkstemp leaves nothing to remove
     try:
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:  # its message would name the temp file, not the file the user asked for
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror}; it is unchanged") from None
-    try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
@@ -34,11 +32,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
         fsync_directory(path.parent)  # the rename itself survives a power loss only once its folder is synced
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as err:  # named after `path`: the temp file's name would only confuse
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise OSError(err.errno, f"cannot write {path}: {err.strerror}; it is unchanged") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
